@@ -1,0 +1,100 @@
+"""Node configuration: frozen dataclasses read from TOML, every option with a default and a reason."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ringstore.errors import BadRequest
+
+
+class ConfigError(BadRequest):
+    """A configuration file that cannot be used; the message names the option."""
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    # Values up to this size live in the object record: one LMDB read serves them.
+    inline_max: int = 16 * 1024
+    # Chunk size bounds the memory a transfer holds and the unit of verification/fallback.
+    chunk_size: int = 1024 * 1024
+    # LMDB reserves address space, not disk: large enough never to fill on a dev machine.
+    map_size: int = 64 * 1024**3
+    # An unreferenced chunk is kept this long so an upload in flight can still commit it.
+    sweep_grace_s: float = 3600.0
+    # Scrub reads at most this many bytes per second so it never starves requests.
+    scrub_bytes_per_s: float = 32 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 4096 or self.chunk_size > 16 * 1024 * 1024:
+            raise ConfigError("storage.chunk_size must be between 4096 and 16777216 bytes")
+        if not 0 <= self.inline_max <= self.chunk_size:
+            raise ConfigError("storage.inline_max must be between 0 and storage.chunk_size")
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAddress:
+    name: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    name: str
+    data_dir: Path
+    http_host: str = "127.0.0.1"
+    http_port: int = 8098  # Riak's HTTP port, so clients find us where they expect
+    peer_host: str = "127.0.0.1"
+    peer_port: int = 8099
+    # Fixed when the cluster is created, as in Riak: a power of two in 8..1024.
+    ring_size: int = 64
+    # Replicas per object unless a bucket says otherwise.
+    n_val: int = 3
+    log_level: str = "INFO"
+    secret_file: Path | None = None
+    members: tuple[PeerAddress, ...] = ()
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+    def __post_init__(self) -> None:
+        if self.ring_size < 8 or self.ring_size > 1024 or self.ring_size & (self.ring_size - 1):
+            raise ConfigError("ring_size must be a power of two between 8 and 1024")
+        if not 1 <= self.n_val <= 10:
+            raise ConfigError("n_val must be between 1 and 10")
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown option(s) in {where or 'top level'}: {', '.join(unknown)}")
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"{where or 'config'}: {exc}") from None
+
+
+def load_config(path: Path) -> NodeConfig:
+    """Read a node's TOML file; relative paths in it are relative to the file."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    node = dict(raw.get("node", {}))
+    base = path.parent
+    if "data_dir" not in node or "name" not in node:
+        raise ConfigError(f"{path}: [node] needs name and data_dir")
+    node["data_dir"] = (base / node["data_dir"]).resolve()
+    if "secret_file" in node:
+        node["secret_file"] = (base / node["secret_file"]).resolve()
+    node["storage"] = _build(StorageConfig, dict(raw.get("storage", {})), "[storage]")
+    node["members"] = tuple(
+        _build(PeerAddress, dict(member), "[[members]]") for member in raw.get("members", [])
+    )
+    extra = sorted(set(raw) - {"node", "storage", "members"})
+    if extra:
+        raise ConfigError(f"{path}: unknown section(s): {', '.join(extra)}")
+    return _build(NodeConfig, node, "[node]")

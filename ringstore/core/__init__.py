@@ -1,0 +1,1 @@
+"""Pure logic: no trio, no disk, no sockets, no threads, no wall clock, no global random."""

@@ -1,0 +1,1 @@
+"""Peer networking: transports (TCP/TLS, in-memory), multiplexed calls with timeouts, liveness."""

@@ -1,0 +1,1 @@
+"""Storage engines: the only code that touches disk."""
