@@ -90,3 +90,64 @@ class QuorumError(RingstoreError):
         self.needed = needed
         message = f"{kind} quorum not met: got {got}, needed {needed}"
         super().__init__(f"{message} ({detail})" if detail else message)
+
+
+class PeerError(RingstoreError):
+    """A call to another node did not produce an answer; `peer` names that node."""
+
+    http_status = 503
+
+    def __init__(self, peer: str, message: str) -> None:
+        self.peer = peer
+        super().__init__(f"peer {peer}: {message}")
+
+
+class PeerUnavailable(PeerError):
+    """The peer cannot be reached: no connection, or the connection broke mid-call."""
+
+    def __init__(self, peer: str, detail: str = "unavailable") -> None:
+        super().__init__(peer, detail)
+
+
+class PeerTimeout(PeerError):
+    """The peer did not answer within the call's timeout (it may still act on the call)."""
+
+    def __init__(self, peer: str, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        super().__init__(peer, f"no answer within {timeout_s:g} s")
+
+
+class RemoteCallError(PeerError):
+    """The peer's handler raised a ringstore error; `kind` is that error's class name."""
+
+    def __init__(self, peer: str, kind: str, message: str) -> None:
+        self.kind = kind
+        self.remote_message = message
+        super().__init__(peer, f"{kind}: {message}")
+
+
+class LocalProtocolError(LocalError):
+    """We tried to send (or set up) something the peer protocol forbids; nothing was sent."""
+
+
+class ChunkTooLarge(BadRequest):
+    """A chunk longer than the engine's chunk size; nothing was stored."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"chunk of at least {size} bytes exceeds the chunk size of {limit}")
+
+
+class StorageFull(LocalError):
+    """The metadata store reached its configured size (LMDB map_size); nothing was written."""
+
+    http_status = 507
+
+
+class CorruptRecord(LocalError, ValueError):
+    """An encoded object record (from disk or a peer) that does not decode to a valid object."""
+
+
+class RingError(BadRequest, ValueError):
+    """A ring, ring size, member list or preference-list request that is malformed or invalid."""

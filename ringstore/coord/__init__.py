@@ -1,1 +1,1 @@
-"""Request coordination: Trio drivers of the pure quorum cores (get, put, delete, chunk streaming)."""
+"""Request coordination: Trio drivers of the pure quorum cores (get, put, delete, chunks)."""

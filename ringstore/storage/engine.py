@@ -18,13 +18,24 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ringstore.errors import KeyTooLong
+import blake3
+
+from ringstore.core.hashing import is_chunk_hash, key_position
+from ringstore.errors import BadRequest, KeyTooLong
 
 # LMDB's default maximum key is 511 bytes; an object key is partition (2) + bucket length (1)
 # + bucket + key, so these limits keep every key storable without hashing it.
 MAX_BUCKET_BYTES = 100
 MAX_KEY_BYTES = 400
 AAE_SEGMENTS = 1024  # per partition: fine enough that one differing key costs a small exchange
+SEGMENT_HASH_BYTES = 32  # BLAKE3-256, XOR-combined
+MAX_RING_SIZE = 2**16  # partitions are stored as 2 bytes
+MAX_META_NAME_BYTES = 200  # meta names are ours (node id, epoch, ring, bucket props): short
+
+# Defaults shared by both engines (the node passes its configuration instead).
+DEFAULT_RING_SIZE = 64
+DEFAULT_INLINE_MAX_BYTES = 16 * 1024  # one LMDB read serves small values
+DEFAULT_CHUNK_SIZE_BYTES = 1 << 20  # bounds the memory one transfer holds
 
 
 def check_name(bucket: bytes, key: bytes) -> None:
@@ -39,6 +50,76 @@ def check_name(bucket: bytes, key: bytes) -> None:
         raise KeyTooLong("key must not be empty")
     if len(key) > MAX_KEY_BYTES:
         raise KeyTooLong(f"key is {len(key)} bytes; the limit is {MAX_KEY_BYTES}")
+
+
+def check_chunk_hash(value: object) -> None:
+    """Raise `BadRequest` for anything that cannot name a chunk (32 bytes)."""
+    if not is_chunk_hash(value):
+        raise BadRequest(f"not a chunk hash (32 bytes): {value!r:.80}")
+
+
+def check_partition(partition: int, ring_size: int) -> None:
+    if not isinstance(partition, int) or not 0 <= partition < ring_size:
+        raise BadRequest(f"partition {partition!r} is outside the ring of {ring_size}")
+
+
+def check_segment(segment: int) -> None:
+    if not isinstance(segment, int) or not 0 <= segment < AAE_SEGMENTS:
+        raise BadRequest(f"segment {segment!r} is outside 0..{AAE_SEGMENTS - 1}")
+
+
+def check_meta_name(name: str) -> bytes:
+    """The stored form of a meta name; `BadRequest` for an empty or over-long one."""
+    if not isinstance(name, str):
+        raise TypeError("a meta name is a str")
+    encoded = name.encode("utf-8")
+    if not encoded or len(encoded) > MAX_META_NAME_BYTES:
+        raise BadRequest(f"meta name must be 1..{MAX_META_NAME_BYTES} UTF-8 bytes: {name!r:.80}")
+    return encoded
+
+
+def check_engine_params(ring_size: int, inline_max: int, chunk_size: int) -> None:
+    """Raise `ValueError` for engine parameters no engine can honour."""
+    if not 1 <= ring_size <= MAX_RING_SIZE or ring_size & (ring_size - 1):
+        raise ValueError(f"ring_size must be a power of two up to {MAX_RING_SIZE}: {ring_size}")
+    if inline_max < 0:
+        raise ValueError(f"inline_max must not be negative: {inline_max}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive: {chunk_size}")
+
+
+# Every replica must compute the functions below identically: anti-entropy compares
+# segment hashes across nodes, and scan order is part of the contract.
+
+
+def object_key(bucket: bytes, key: bytes) -> bytes:
+    """1-byte bucket length + bucket + key: `scan_partition` yields records in this byte order."""
+    return len(bucket).to_bytes(1, "big") + bucket + key
+
+
+def segment_of(bucket: bytes, key: bytes) -> int:
+    """The anti-entropy segment (within its partition) that a key belongs to."""
+    return key_position(bucket, key) % AAE_SEGMENTS
+
+
+def record_digest(bucket: bytes, key: bytes, record: bytes) -> bytes:
+    """One record's share of its segment hash (the segment hash XORs these).
+
+    Both names are length-prefixed so that no two (bucket, key, record) triples collide by
+    moving bytes across a boundary. XOR lets an engine replace a record's share in O(1).
+    """
+    hasher = blake3.blake3(len(bucket).to_bytes(1, "big"))
+    hasher.update(bucket)
+    hasher.update(len(key).to_bytes(2, "big"))
+    hasher.update(key)
+    hasher.update(record)
+    return hasher.digest()
+
+
+def xor_digests(left: bytes, right: bytes) -> bytes:
+    return (int.from_bytes(left, "big") ^ int.from_bytes(right, "big")).to_bytes(
+        SEGMENT_HASH_BYTES, "big"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +143,21 @@ class RecordWrite:
 # An update function runs inside the engine's write transaction, atomically with respect to
 # every other write of the same engine: it gets the current record (or None) and returns the
 # record to store, `DELETE` to remove the record, or None to leave it as it is. It must be
-# pure and quick: it runs on the writer thread with the transaction open.
+# pure and quick: it runs on the writer thread with the transaction open. `DELETE` is compared
+# by identity, so an equal RecordWrite(b"", ()) of the caller's own stores an empty record.
 DELETE = RecordWrite(b"", ())
 UpdateFn = Callable[[StoredRecord | None], RecordWrite | None]
+
+
+def check_record_write(wanted: object) -> RecordWrite:
+    """Validate what an update function returned (or put_record was given), before any change."""
+    if not isinstance(wanted, RecordWrite):
+        raise TypeError(f"an update function returns a RecordWrite, DELETE or None: {wanted!r:.80}")
+    if not isinstance(wanted.record, bytes):
+        raise TypeError("a record is bytes")
+    for chunk in wanted.chunks:
+        check_chunk_hash(chunk)
+    return wanted
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +179,9 @@ class StorageEngine(Protocol):
     async def run(self, *, task_status=...) -> None:
         """Serve (group commit, background state) until cancelled."""
 
+    async def aclose(self) -> None:
+        """Stop `run` (after the batch being committed) and wait until the engine is closed."""
+
     async def update(self, bucket: bytes, key: bytes, fn: UpdateFn) -> StoredRecord | None:
         """Apply `fn` atomically and durably; return the record stored afterwards.
 
@@ -101,8 +197,9 @@ class StorageEngine(Protocol):
 
     async def get_record(self, bucket: bytes, key: bytes) -> StoredRecord | None: ...
 
-    async def write_chunk(self, data: bytes | AsyncIterator[bytes], expected: bytes | None = None
-                          ) -> bytes:
+    async def write_chunk(
+        self, data: bytes | AsyncIterator[bytes], expected: bytes | None = None
+    ) -> bytes:
         """Store one chunk durably; return its hash. `ChunkCorrupt` if it is not `expected`."""
 
     async def missing_chunks(self, hashes: Sequence[bytes]) -> frozenset[bytes]: ...

@@ -1,0 +1,637 @@
+"""The coordinator: Riak's get/put/delete FSMs as Trio code driving the pure quorum cores.
+
+Any node coordinates any request. A get asks the key's N replicas for the object record,
+answers at R (the pure `GetCore` decides) and read-repairs the stale replicas after
+answering. A put cuts the body into chunks as it arrives and streams each chunk to the N
+replicas, then one replica coordinates the new version (a new dot), the others merge it,
+and the client gets its answer at W (`PutCore`). Values stream back chunk by chunk from the
+nearest replica holding a verified copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import blake3
+import trio
+
+from ringstore.coord.api import BodyCheck, GetResult, NodeInfo, PutResult, WriteMeta
+from ringstore.coord.fanout import Outcome, fan_out
+from ringstore.coord.replica import ReplicaClient
+from ringstore.core import versions
+from ringstore.core.chunking import Chunker
+from ringstore.core.hashing import chunk_hash
+from ringstore.core.props import BucketProps, RequestOptions, resolve_options
+from ringstore.core.quorum import Absent, Failed, Found, GetCore, PutCore
+from ringstore.core.ring import Ring, Target
+from ringstore.core.versions import Content, Object, VersionVector
+from ringstore.errors import (
+    BadRequest,
+    ChunkCorrupt,
+    ChunkMissing,
+    LocalError,
+    MissingChunks,
+    NotFound,
+    QuorumError,
+    RingstoreError,
+)
+
+log = logging.getLogger(__name__)
+
+# Chunks of one upload in flight between reading the body and replicating it: enough to
+# overlap the two, small enough that memory stays bounded by concurrency x chunk size.
+UPLOAD_PIPELINE_CHUNKS = 2
+KEY_LIST_BATCH = 1000  # keys per streamed batch of a key listing
+# A bucket or key of a listing crosses the HTTP layer as a batch: bounded like everything else.
+CHUNK_CALL_TIMEOUT_S = 30.0  # one chunk (<= 16 MiB) to one replica, even on a slow disk
+
+
+class ObjectReconciler:
+    """How the get core merges replica objects: the versions module's sync."""
+
+    def __init__(self, lww: bool) -> None:
+        self.lww = lww
+
+    def merge(self, a: Object, b: Object) -> Object:
+        merged = versions.merge(a, b, lww=self.lww)
+        assert merged is not None
+        return merged
+
+    def equal(self, a: Object, b: Object) -> bool:
+        return a == b
+
+    def is_tombstone(self, obj: Object) -> bool:
+        return obj.is_tombstone()
+
+
+@dataclass(slots=True)
+class CoordinatorStats:
+    """Counters since start; the HTTP layer turns them into Riak's stat names."""
+
+    gets: int = 0
+    puts: int = 0
+    deletes: int = 0
+    read_repairs: int = 0
+    quorum_failures: int = 0
+    chunk_fallbacks: int = 0
+    chunk_repairs: int = 0
+    get_times_us: list[int] = field(default_factory=list)
+    put_times_us: list[int] = field(default_factory=list)
+    sibling_counts: list[int] = field(default_factory=list)
+
+    def record(self, samples: list[int], value: int) -> None:
+        samples.append(value)
+        if len(samples) > STAT_SAMPLES:
+            del samples[: len(samples) - STAT_SAMPLES]
+
+    def riak_view(self) -> dict[str, int]:
+        """Riak's stat names for what we count (times in microseconds, as Riak's)."""
+        view = {
+            "node_gets": self.gets,
+            "node_gets_total": self.gets,
+            "node_puts": self.puts,
+            "node_puts_total": self.puts,
+            "read_repairs": self.read_repairs,
+            "read_repairs_total": self.read_repairs,
+            "ringstore_deletes_total": self.deletes,
+            "ringstore_quorum_failures_total": self.quorum_failures,
+            "ringstore_chunk_fallbacks_total": self.chunk_fallbacks,
+            "ringstore_chunk_repairs_total": self.chunk_repairs,
+        }
+        for prefix, samples in (
+            ("node_get_fsm_time", self.get_times_us),
+            ("node_put_fsm_time", self.put_times_us),
+            ("node_get_fsm_siblings", self.sibling_counts),
+        ):
+            view.update(_distribution(prefix, samples))
+        return view
+
+
+def _distribution(prefix: str, samples: list[int]) -> dict[str, int]:
+    ordered = sorted(samples)
+    if not ordered:
+        return {f"{prefix}_{name}": 0 for name in ("mean", "median", "95", "99", "100")}
+
+    def at(fraction: float) -> int:
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+    return {
+        f"{prefix}_mean": sum(ordered) // len(ordered),
+        f"{prefix}_median": at(0.5),
+        f"{prefix}_95": at(0.95),
+        f"{prefix}_99": at(0.99),
+        f"{prefix}_100": ordered[-1],
+    }
+
+
+STAT_SAMPLES = 2048  # latency samples kept per operation for mean/median/95/99/100
+
+
+class PropsStore:
+    """Bucket properties: kept in the local meta map, pushed to every node on change."""
+
+    def __init__(
+        self,
+        load: Callable[[str], Awaitable[bytes | None]],
+        save: Callable[[str, bytes], Awaitable[None]],
+        default: BucketProps,
+    ) -> None:
+        self._load = load
+        self._save = save
+        self.default = default
+
+    async def get(self, bucket: bytes) -> BucketProps:
+        raw = await self._load(_props_name(bucket))
+        return BucketProps.decode(raw) if raw else self.default
+
+    async def put(self, bucket: bytes, props: BucketProps | None) -> None:
+        await self._save(_props_name(bucket), b"" if props is None else props.encode())
+
+
+def _props_name(bucket: bytes) -> str:
+    return "props:" + bucket.hex()
+
+
+class Coordinator:
+    """The node's `KV` handle (coord/api.py): every client request goes through here."""
+
+    def __init__(
+        self,
+        *,
+        node: str,
+        secret: bytes,
+        clients: Callable[[str], ReplicaClient],
+        ring: Callable[[], Ring],
+        up_nodes: Callable[[], frozenset[str]],
+        props: PropsStore,
+        broadcast_props: Callable[[bytes, BucketProps | None], Awaitable[None]] | None = None,
+        chunk_size: int,
+        inline_max: int,
+        wall_clock: Callable[[], float] = time.time,
+        version: str = "",
+        extra_stats: Callable[[], Mapping[str, object]] | None = None,
+    ) -> None:
+        self.node = node
+        self._secret = secret
+        self._clients = clients
+        self._ring = ring
+        self._up_nodes = up_nodes
+        self._props = props
+        self._broadcast_props = broadcast_props
+        self.chunk_size = chunk_size
+        self.inline_max = inline_max
+        self._wall_clock = wall_clock
+        self._version = version
+        self._extra_stats = extra_stats
+        self.stats = CoordinatorStats()
+        self._background: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the background work of requests (late replies, read repair) until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._background = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    @property
+    def background(self) -> trio.Nursery:
+        if self._background is None:
+            raise LocalError("the coordinator is not running")
+        return self._background
+
+    # -- placement ---------------------------------------------------------------------------
+
+    def targets(self, bucket: bytes, key: bytes, n: int) -> tuple[Target, ...]:
+        return self._ring().key_preflist(bucket, key, n, self._up_nodes()).targets
+
+    def _now_us(self) -> int:
+        return int(self._wall_clock() * 1_000_000)
+
+    def _decode_context(self, bucket: bytes, key: bytes, text: str | None) -> VersionVector | None:
+        if text is None:
+            return None
+        return versions.decode_context(
+            text, self._secret, scope=versions.context_scope(bucket, key)
+        )
+
+    def _encode_context(self, bucket: bytes, key: bytes, obj: Object | None) -> str | None:
+        if obj is None:
+            return None
+        return versions.encode_context(
+            obj.context(), self._secret, scope=versions.context_scope(bucket, key)
+        )
+
+    # -- get ---------------------------------------------------------------------------------
+
+    async def get(self, bucket: bytes, key: bytes, query: Mapping[str, str]) -> GetResult:
+        started = trio.current_time()
+        props = await self.get_props(bucket)
+        options = resolve_options(props, query, "get")
+        obj = await self._coordinated_get(bucket, key, options, props)
+        self.stats.gets += 1
+        self.stats.record(self.stats.get_times_us, int((trio.current_time() - started) * 1e6))
+        if obj is not None:
+            self.stats.record(self.stats.sibling_counts, len(obj.siblings()))
+        if obj is not None and not props.allow_mult:
+            obj = _resolved(obj)
+        return GetResult(obj, self._encode_context(bucket, key, obj))
+
+    async def _coordinated_get(
+        self, bucket: bytes, key: bytes, options: RequestOptions, props: BucketProps
+    ) -> Object | None:
+        """The merged object (tombstones included), or None if no replica has the key."""
+        targets = self.targets(bucket, key, options.n)
+        primaries = sum(1 for t in targets if t.primary)
+        core: GetCore[Object] = GetCore(
+            options.n,
+            options.r,
+            options.pr,
+            options.notfound_ok,
+            options.basic_quorum,
+            ObjectReconciler(props.last_write_wins),
+            primaries=primaries,
+        )
+        if core.enough():
+            return self._get_answer(core.response())
+
+        async def call(target: Target) -> Object | None:
+            return await self._clients(target.node).get(bucket, key)
+
+        def on_outcome(outcome: Outcome[Object | None]) -> bool:
+            t = outcome.target
+            if outcome.error is not None:
+                core.add_result(t.node, t.primary, ("error", repr(outcome.error)))
+            elif outcome.value is None:
+                core.add_result(t.node, t.primary, ("notfound",))
+            else:
+                core.add_result(t.node, t.primary, ("ok", outcome.value))
+            return core.enough()
+
+        async def read_repair() -> None:
+            plan = core.repair_plan()
+            if plan is None:
+                return
+            by_node = {t.node: t for t in targets}
+            for repair in plan.targets:
+                self.stats.read_repairs += 1
+                source = [t.node for t in targets if t.node != repair.replica]
+                await self._push_object(
+                    by_node[repair.replica].node,
+                    bucket,
+                    key,
+                    plan.value,
+                    source,
+                    props.last_write_wins,
+                )
+
+        await fan_out(
+            self.background,
+            targets,
+            call,
+            on_outcome,
+            timeout_s=options.timeout_ms / 1000,
+            on_all_done=read_repair,
+        )
+        answer = core.response() if core.enough() else core.timeout_response()
+        return self._get_answer(answer)
+
+    def _get_answer(self, answer: Found[Object] | Absent[Object] | Failed) -> Object | None:
+        if isinstance(answer, Failed):
+            self.stats.quorum_failures += 1
+            raise answer.error()
+        if isinstance(answer, Found):
+            return answer.value
+        return answer.tombstone
+
+    # -- put ---------------------------------------------------------------------------------
+
+    async def put(
+        self,
+        bucket: bytes,
+        key: bytes,
+        meta: WriteMeta,
+        body: AsyncIterator[bytes],
+        context: str | None,
+        query: Mapping[str, str],
+        check: BodyCheck | None = None,
+    ) -> PutResult:
+        started = trio.current_time()
+        props = await self.get_props(bucket)
+        options = resolve_options(props, query, "put")
+        vv = self._decode_context(bucket, key, context)
+        targets = self._writable_targets(bucket, key, options)
+        content, holders = await self._receive_value(meta, body, targets)
+        if check is not None:
+            check.verify()
+        obj = await self._coordinated_put(bucket, key, content, vv, options, props, holders)
+        self.stats.puts += 1
+        self.stats.record(self.stats.put_times_us, int((trio.current_time() - started) * 1e6))
+        if not options.returnbody:
+            return PutResult(None, None)
+        shown = obj if props.allow_mult else _resolved(obj)
+        return PutResult(shown, self._encode_context(bucket, key, obj))
+
+    async def delete(
+        self, bucket: bytes, key: bytes, context: str | None, query: Mapping[str, str]
+    ) -> None:
+        props = await self.get_props(bucket)
+        options = resolve_options(props, query, "delete")
+        vv = self._decode_context(bucket, key, context)
+        if vv is None:
+            # Riak: a delete without a context deletes whatever version is current.
+            current = await self._coordinated_get(
+                bucket, key, resolve_options(props, {"r": str(options.r)}, "get"), props
+            )
+            if current is None:
+                raise NotFound("not found")
+            vv = current.context()
+        targets = self._writable_targets(bucket, key, options)
+        tombstone = Content.tombstone(self._now_us())
+        await self._coordinated_put(
+            bucket, key, tombstone, vv, options, props, [t.node for t in targets]
+        )
+        self.stats.deletes += 1
+
+    def _writable_targets(
+        self, bucket: bytes, key: bytes, options: RequestOptions
+    ) -> tuple[Target, ...]:
+        """The key's replicas, failing at once when PW or W cannot be met (Riak checks early)."""
+        targets = self.targets(bucket, key, options.n)
+        primaries = sum(1 for t in targets if t.primary)
+        if primaries < options.pw:
+            self.stats.quorum_failures += 1
+            raise QuorumError("pw", primaries, options.pw, "too few primaries are up")
+        if len(targets) < max(options.w, options.dw):
+            self.stats.quorum_failures += 1
+            raise QuorumError("w", len(targets), max(options.w, options.dw), "too few nodes up")
+        return targets
+
+    async def _receive_value(
+        self, meta: WriteMeta, body: AsyncIterator[bytes], targets: Sequence[Target]
+    ) -> tuple[Content, list[str]]:
+        """Read the body: small values inline, large ones chunked and streamed to the replicas.
+
+        Returns the content and the nodes that hold every chunk of it.
+        """
+        whole = blake3.blake3()
+        head = bytearray()
+        chunker: Chunker | None = None
+        chunks: list[bytes] = []
+        holders = [t.node for t in targets]
+        send, receive = trio.open_memory_channel[bytes](UPLOAD_PIPELINE_CHUNKS)
+
+        async def replicate() -> None:
+            async with receive:
+                async for chunk in receive:
+                    chunks.append(await self._replicate_chunk(chunk, holders))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(replicate)
+            async with send:
+                async for piece in body:
+                    whole.update(piece)
+                    if chunker is None:
+                        head += piece
+                        if len(head) <= self.inline_max:
+                            continue
+                        chunker = Chunker(self.chunk_size)
+                        piece, head = bytes(head), bytearray()
+                    for chunk in chunker.feed(piece):
+                        await send.send(chunk)
+                if chunker is not None:
+                    last = chunker.finish()
+                    if last is not None:
+                        await send.send(last)
+        fields = dict(
+            content_type=meta.content_type,
+            charset=meta.charset,
+            content_encoding=meta.content_encoding,
+            user_meta=meta.user_meta,
+            links=meta.links,
+            last_modified_us=self._now_us(),
+        )
+        if chunker is None:
+            return Content.from_bytes(bytes(head), **fields), holders
+        content = Content(
+            size=chunker.total_bytes,
+            etag=whole.hexdigest(),
+            inline=None,
+            chunks=tuple(chunks),
+            **fields,
+        )
+        return content, holders
+
+    async def _replicate_chunk(self, chunk: bytes, holders: list[str]) -> bytes:
+        """Write one chunk to every holder at once; a holder that fails stops being one."""
+        digest = chunk_hash(chunk)
+        failed: list[str] = []
+
+        async def write(node: str) -> None:
+            try:
+                with trio.fail_after(CHUNK_CALL_TIMEOUT_S):
+                    await self._clients(node).write_chunk(chunk, digest)
+            except (RingstoreError, trio.TooSlowError) as exc:
+                log.warning("chunk %s to %s failed: %s", digest.hex()[:12], node, exc)
+                failed.append(node)
+
+        async with trio.open_nursery() as nursery:
+            for node in holders:
+                nursery.start_soon(write, node)
+        for node in failed:
+            holders.remove(node)
+        if not holders:
+            raise QuorumError("w", 0, 1, "no replica could store the value's chunks")
+        return digest
+
+    async def _coordinated_put(
+        self,
+        bucket: bytes,
+        key: bytes,
+        content: Content,
+        context: VersionVector | None,
+        options: RequestOptions,
+        props: BucketProps,
+        holders: Sequence[str],
+    ) -> Object:
+        """One replica makes the new version; the others merge it; answer at W/DW/PW."""
+        targets = [t for t in self._writable_targets(bucket, key, options) if t.node in holders]
+        if not targets:
+            raise QuorumError("w", 0, options.w, "no replica holds the value")
+        lww = props.last_write_wins
+        coordinator = next((t for t in targets if t.node == self.node), targets[0])
+        with trio.fail_after(options.timeout_ms / 1000):
+            new = await self._clients(coordinator.node).coordinate_put(
+                bucket, key, content, context, lww
+            )
+        core = PutCore(
+            options.n,
+            options.w,
+            options.pw,
+            options.dw,
+            primaries=sum(1 for t in targets if t.primary),
+        )
+        core.add_result(coordinator.node, coordinator.primary, "dw")
+        others = [t for t in targets if t is not coordinator]
+
+        async def call(target: Target) -> None:
+            await self._push_object(target.node, bucket, key, new, [coordinator.node], lww)
+
+        def on_outcome(outcome: Outcome[None]) -> bool:
+            t = outcome.target
+            result = "dw" if outcome.error is None else ("error", repr(outcome.error))
+            core.add_result(t.node, t.primary, result)
+            return core.enough()
+
+        if not core.enough():
+            await fan_out(
+                self.background, others, call, on_outcome, timeout_s=options.timeout_ms / 1000
+            )
+        answer = core.response() if core.enough() else core.timeout_response()
+        if isinstance(answer, Failed):
+            self.stats.quorum_failures += 1
+            raise answer.error()
+        return new
+
+    async def _push_object(
+        self,
+        node: str,
+        bucket: bytes,
+        key: bytes,
+        obj: Object,
+        sources: Sequence[str],
+        lww: bool,
+    ) -> None:
+        """Merge `obj` into `node`'s replica; send it the chunks it lacks first if needed.
+
+        The offer/missing/send exchange of replication, read repair and handoff.
+        """
+        client = self._clients(node)
+        try:
+            await client.merge_put(bucket, key, obj, lww)
+            return
+        except MissingChunks as missing:
+            wanted = missing.missing
+        for digest in sorted(wanted):
+            data = await self._fetch_chunk(digest, sources)
+            await client.write_chunk(data, digest)
+        await client.merge_put(bucket, key, obj, lww)
+
+    async def _fetch_chunk(self, digest: bytes, sources: Sequence[str]) -> bytes:
+        """A verified copy of a chunk from the first source that has a good one.
+
+        A source that answered with a corrupt copy (it quarantined it) gets the good bytes
+        back in the background: that is the repair of the bad copy.
+        """
+        damaged: list[str] = []
+        errors: list[str] = []
+        for node in sources:
+            try:
+                with trio.fail_after(CHUNK_CALL_TIMEOUT_S):
+                    data = await self._clients(node).read_chunk(digest)
+                if chunk_hash(data) != digest:
+                    raise ChunkCorrupt(digest, f"bytes from {node} do not match")
+            except (RingstoreError, trio.TooSlowError) as exc:
+                errors.append(f"{node}: {exc}")
+                self.stats.chunk_fallbacks += 1
+                if isinstance(exc, ChunkCorrupt | ChunkMissing):
+                    damaged.append(node)
+                continue
+            for bad in damaged:
+                self.background.start_soon(self._repair_chunk, bad, data, digest)
+            return data
+        raise LocalError(f"no replica has a good copy of chunk {digest.hex()}: {'; '.join(errors)}")
+
+    async def _repair_chunk(self, node: str, data: bytes, digest: bytes) -> None:
+        try:
+            with trio.fail_after(CHUNK_CALL_TIMEOUT_S):
+                await self._clients(node).write_chunk(data, digest)
+            self.stats.chunk_repairs += 1
+        except (RingstoreError, trio.TooSlowError) as exc:
+            log.warning("repairing chunk %s on %s failed: %s", digest.hex()[:12], node, exc)
+
+    # -- values ------------------------------------------------------------------------------
+
+    async def read_value(
+        self, bucket: bytes, key: bytes, content: Content, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
+        end = content.size if end is None else end
+        if not 0 <= start <= end <= content.size:
+            raise BadRequest(f"range {start}-{end} is outside the value's {content.size} bytes")
+        if content.inline is not None:
+            if end > start:
+                yield content.inline[start:end]
+            return
+        props = await self.get_props(bucket)
+        nodes = [t.node for t in self.targets(bucket, key, props.n_val)]
+        sources = sorted(nodes, key=lambda node: node != self.node)
+        size = self.chunk_size
+        for index in range(start // size, (end + size - 1) // size):
+            data = await self._fetch_chunk(content.chunks[index], sources)
+            chunk_start = index * size
+            yield data[max(start - chunk_start, 0) : min(end - chunk_start, len(data))]
+
+    # -- listing -----------------------------------------------------------------------------
+
+    async def list_buckets(self) -> AsyncIterator[list[bytes]]:
+        found: set[bytes] = set()
+        for node in sorted(self._up_nodes()):
+            with trio.fail_after(CHUNK_CALL_TIMEOUT_S):
+                found.update(await self._clients(node).list_buckets())
+        names = sorted(found)
+        for start in range(0, len(names), KEY_LIST_BATCH):
+            yield names[start : start + KEY_LIST_BATCH]
+
+    async def list_keys(self, bucket: bytes) -> AsyncIterator[list[bytes]]:
+        """Each partition's keys from one up replica (a coverage plan), streamed per node."""
+        props = await self.get_props(bucket)
+        ring = self._ring()
+        up = self._up_nodes()
+        plan: dict[str, list[int]] = {}
+        for partition in range(ring.size):
+            nodes = ring.preflist(partition, props.n_val, up).nodes
+            if not nodes:
+                raise QuorumError("r", 0, 1, f"no replica of partition {partition} is up")
+            plan.setdefault(nodes[0], []).append(partition)
+        for node, partitions in sorted(plan.items()):
+            with trio.fail_after(CHUNK_CALL_TIMEOUT_S):
+                keys = await self._clients(node).list_keys(bucket, partitions)
+            for start in range(0, len(keys), KEY_LIST_BATCH):
+                yield keys[start : start + KEY_LIST_BATCH]
+
+    # -- bucket properties -------------------------------------------------------------------
+
+    async def get_props(self, bucket: bytes) -> BucketProps:
+        return await self._props.get(bucket)
+
+    async def set_props(self, bucket: bytes, changes: Mapping[str, object]) -> BucketProps:
+        props = BucketProps.from_json(dict(changes), await self._props.get(bucket))
+        await self._props.put(bucket, props)
+        if self._broadcast_props is not None:
+            await self._broadcast_props(bucket, props)
+        return props
+
+    async def reset_props(self, bucket: bytes) -> None:
+        await self._props.put(bucket, None)
+        if self._broadcast_props is not None:
+            await self._broadcast_props(bucket, None)
+
+    def info(self) -> NodeInfo:
+        stats: dict[str, object] = dict(self.stats.riak_view())
+        if self._extra_stats is not None:
+            stats.update(self._extra_stats())
+        return NodeInfo(self.node, self._version, stats)
+
+
+def _resolved(obj: Object) -> Object:
+    """What a bucket with allow_mult=false shows: only the newest sibling (Riak's reconcile).
+
+    The context still covers every sibling, so a write with it replaces them all.
+    """
+    if len(obj.siblings()) <= 1:
+        return obj
+    newest = versions.merge(obj, None, lww=True)
+    assert newest is not None
+    return newest

@@ -1,0 +1,221 @@
+"""Replica operations over the peer protocol: `RemoteReplica` (caller) and its handlers (callee).
+
+Each `ReplicaClient` method is one RPC method (`replica.<name>`) whose body is a CBOR map.
+Refusals that carry data (a replica lacking chunks) travel as ordinary replies so the data
+survives; other errors arrive as `RemoteCallError` and are mapped back to the local classes
+the coordinator acts on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from ringstore.coord.replica import LocalReplica
+from ringstore.core.hashing import is_chunk_hash
+from ringstore.core.versions import (
+    Content,
+    Object,
+    VersionVector,
+    decode_content,
+    encode_content,
+)
+from ringstore.errors import (
+    BadRequest,
+    ChunkCorrupt,
+    ChunkMissing,
+    MissingChunks,
+    ProtocolError,
+    RemoteCallError,
+)
+
+Body = dict[str, Any]
+Call = Callable[[str, str, Body, float], Awaitable[Body]]
+
+# Per-call timeouts: a record is small and quick; a chunk is up to 16 MiB through a disk.
+RECORD_CALL_TIMEOUT_S = 10.0
+CHUNK_CALL_TIMEOUT_S = 30.0
+LIST_CALL_TIMEOUT_S = 120.0  # a full scan of one node's share of a bucket
+
+
+def _field(body: Body, name: str, kind: type | tuple[type, ...]) -> Any:
+    value = body.get(name)
+    if not isinstance(value, kind):
+        raise ProtocolError(f"field {name!r} is missing or not {kind}")
+    return value
+
+
+def _vv_to_wire(vv: VersionVector | None) -> list[list[Any]] | None:
+    return None if vv is None else [list(pair) for pair in vv.counters]
+
+
+def _vv_from_wire(value: object) -> VersionVector | None:
+    if value is None:
+        return None
+    try:
+        return VersionVector.of(tuple(pair) for pair in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"bad version vector: {exc}") from None
+
+
+def _chunk_error(exc: RemoteCallError, digest: bytes) -> Exception:
+    if exc.kind == "ChunkCorrupt":
+        return ChunkCorrupt(digest, f"on {exc.peer}")
+    if exc.kind == "ChunkMissing":
+        return ChunkMissing(digest)
+    return exc
+
+
+class RemoteReplica:
+    """A `ReplicaClient` for another node, over `call(peer, method, body, timeout_s)`."""
+
+    def __init__(self, node: str, call: Call) -> None:
+        self.node = node
+        self._call = call
+
+    async def _request(self, method: str, body: Body, timeout_s: float) -> Body:
+        return await self._call(self.node, "replica." + method, body, timeout_s)
+
+    async def get(self, bucket: bytes, key: bytes) -> Object | None:
+        reply = await self._request("get", {"b": bucket, "k": key}, RECORD_CALL_TIMEOUT_S)
+        record = reply.get("o")
+        return None if record is None else Object.decode(_field(reply, "o", bytes))
+
+    async def coordinate_put(
+        self,
+        bucket: bytes,
+        key: bytes,
+        content: Content,
+        context: VersionVector | None,
+        lww: bool,
+    ) -> Object:
+        body = {
+            "b": bucket,
+            "k": key,
+            "c": encode_content(content),
+            "ctx": _vv_to_wire(context),
+            "lww": lww,
+        }
+        reply = await self._request("coordinate_put", body, RECORD_CALL_TIMEOUT_S)
+        _raise_missing(reply)
+        return Object.decode(_field(reply, "o", bytes))
+
+    async def merge_put(self, bucket: bytes, key: bytes, obj: Object, lww: bool) -> Object:
+        body = {"b": bucket, "k": key, "o": obj.encode(), "lww": lww}
+        reply = await self._request("merge_put", body, RECORD_CALL_TIMEOUT_S)
+        _raise_missing(reply)
+        return Object.decode(_field(reply, "o", bytes))
+
+    async def missing_chunks(self, hashes: Sequence[bytes]) -> frozenset[bytes]:
+        reply = await self._request("missing_chunks", {"h": list(hashes)}, RECORD_CALL_TIMEOUT_S)
+        return frozenset(check_hashes(_field(reply, "missing", list)))
+
+    async def write_chunk(self, data: bytes, expected: bytes) -> None:
+        try:
+            await self._request("write_chunk", {"d": data, "h": expected}, CHUNK_CALL_TIMEOUT_S)
+        except RemoteCallError as exc:
+            raise _chunk_error(exc, expected) from None
+
+    async def read_chunk(self, chunk_hash: bytes) -> bytes:
+        try:
+            reply = await self._request("read_chunk", {"h": chunk_hash}, CHUNK_CALL_TIMEOUT_S)
+        except RemoteCallError as exc:
+            raise _chunk_error(exc, chunk_hash) from None
+        return _field(reply, "d", bytes)
+
+    async def list_keys(self, bucket: bytes, partitions: Sequence[int]) -> list[bytes]:
+        body = {"b": bucket, "p": list(partitions)}
+        reply = await self._request("list_keys", body, LIST_CALL_TIMEOUT_S)
+        return _bytes_list(_field(reply, "keys", list))
+
+    async def list_buckets(self) -> list[bytes]:
+        reply = await self._request("list_buckets", {}, LIST_CALL_TIMEOUT_S)
+        return _bytes_list(_field(reply, "buckets", list))
+
+
+def check_hashes(items: object) -> list[bytes]:
+    if not isinstance(items, list) or not all(is_chunk_hash(item) for item in items):
+        raise ProtocolError("expected a list of chunk hashes")
+    return items
+
+
+def _raise_missing(reply: Body) -> None:
+    missing = reply.get("missing")
+    if missing is not None:
+        raise MissingChunks(frozenset(check_hashes(missing)))
+
+
+def _bytes_list(items: list[Any]) -> list[bytes]:
+    if not all(isinstance(item, bytes) for item in items):
+        raise ProtocolError("expected a list of byte strings")
+    return items
+
+
+def replica_handlers(replica: LocalReplica) -> dict[str, Callable[[str, Body], Awaitable[Body]]]:
+    """The RPC methods that serve this node's `replica` to the coordinators of other nodes."""
+
+    async def get(peer: str, body: Body) -> Body:
+        obj = await replica.get(_field(body, "b", bytes), _field(body, "k", bytes))
+        return {"o": None if obj is None else obj.encode()}
+
+    async def coordinate_put(peer: str, body: Body) -> Body:
+        try:
+            content = decode_content(_field(body, "c", bytes))
+        except ValueError as exc:
+            raise BadRequest(f"bad content from {peer}: {exc}") from None
+        try:
+            obj = await replica.coordinate_put(
+                _field(body, "b", bytes),
+                _field(body, "k", bytes),
+                content,
+                _vv_from_wire(body.get("ctx")),
+                bool(body.get("lww")),
+            )
+        except MissingChunks as exc:
+            return {"missing": sorted(exc.missing)}
+        return {"o": obj.encode()}
+
+    async def merge_put(peer: str, body: Body) -> Body:
+        try:
+            incoming = Object.decode(_field(body, "o", bytes))
+        except ValueError as exc:
+            raise BadRequest(f"bad object from {peer}: {exc}") from None
+        try:
+            obj = await replica.merge_put(
+                _field(body, "b", bytes), _field(body, "k", bytes), incoming, bool(body.get("lww"))
+            )
+        except MissingChunks as exc:
+            return {"missing": sorted(exc.missing)}
+        return {"o": obj.encode()}
+
+    async def missing_chunks(peer: str, body: Body) -> Body:
+        hashes = check_hashes(_field(body, "h", list))
+        return {"missing": sorted(await replica.missing_chunks(hashes))}
+
+    async def write_chunk(peer: str, body: Body) -> Body:
+        await replica.write_chunk(_field(body, "d", bytes), _field(body, "h", bytes))
+        return {}
+
+    async def read_chunk(peer: str, body: Body) -> Body:
+        return {"d": await replica.read_chunk(_field(body, "h", bytes))}
+
+    async def list_keys(peer: str, body: Body) -> Body:
+        partitions = _field(body, "p", list)
+        if not all(isinstance(p, int) for p in partitions):
+            raise ProtocolError("partitions must be integers")
+        return {"keys": await replica.list_keys(_field(body, "b", bytes), partitions)}
+
+    async def list_buckets(peer: str, body: Body) -> Body:
+        return {"buckets": await replica.list_buckets()}
+
+    handlers = {
+        "get": get,
+        "coordinate_put": coordinate_put,
+        "merge_put": merge_put,
+        "missing_chunks": missing_chunks,
+        "write_chunk": write_chunk,
+        "read_chunk": read_chunk,
+        "list_keys": list_keys,
+        "list_buckets": list_buckets,
+    }
+    return {"replica." + name: handler for name, handler in handlers.items()}

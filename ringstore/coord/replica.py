@@ -1,0 +1,157 @@
+"""The replica side of every request (Riak's vnode): what one node does with its own storage.
+
+The coordinator reaches replicas through the `ReplicaClient` shape: `LocalReplica` calls this
+node's storage directly, `RemoteReplica` (coord/remote.py) makes the same calls over the peer
+protocol, served on the far side by `replica_handlers`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import trio
+
+from ringstore.core import versions
+from ringstore.core.versions import Actor, Content, Object, VersionVector
+from ringstore.storage.engine import RecordWrite, StorageEngine, StoredRecord
+
+
+class ReplicaClient(Protocol):
+    node: str
+
+    async def get(self, bucket: bytes, key: bytes) -> Object | None: ...
+
+    async def coordinate_put(
+        self,
+        bucket: bytes,
+        key: bytes,
+        content: Content,
+        context: VersionVector | None,
+        lww: bool,
+    ) -> Object: ...
+
+    async def merge_put(self, bucket: bytes, key: bytes, obj: Object, lww: bool) -> Object: ...
+
+    async def missing_chunks(self, hashes: Sequence[bytes]) -> frozenset[bytes]: ...
+
+    async def write_chunk(self, data: bytes, expected: bytes) -> None: ...
+
+    async def read_chunk(self, chunk_hash: bytes) -> bytes: ...
+
+    async def list_keys(self, bucket: bytes, partitions: Sequence[int]) -> list[bytes]: ...
+
+    async def list_buckets(self) -> list[bytes]: ...
+
+
+KEY_EPOCH_LEASE = 1 << 20  # key epochs reserved per durable write of the high-water mark
+
+
+class KeyEpochs:
+    """A node-wide counter that never repeats a value, across restarts and crashes (KV679).
+
+    Values are leased in blocks: the block's end is stored durably before any value of it
+    is handed out, so a crash wastes at most the rest of a block and never reuses one.
+    """
+
+    def __init__(self, storage: StorageEngine) -> None:
+        self._storage = storage
+        self._next = 0
+        self._leased_until = 0
+        self._lock = trio.Lock()
+
+    async def next(self) -> int:
+        async with self._lock:
+            if self._next >= self._leased_until:
+                raw = await self._storage.get_meta("key_epoch_lease")
+                start = int.from_bytes(raw, "big") if raw else 0
+                end = start + KEY_EPOCH_LEASE
+                await self._storage.put_meta("key_epoch_lease", end.to_bytes(8, "big"))
+                self._next, self._leased_until = start, end
+            value = self._next
+            self._next += 1
+            return value
+
+
+def _decode(stored: StoredRecord | None) -> Object | None:
+    return None if stored is None else Object.decode(stored.record)
+
+
+def _write(obj: Object | None) -> RecordWrite | None:
+    if obj is None:
+        return None
+    return RecordWrite(obj.encode(), tuple(sorted(obj.chunk_hashes())))
+
+
+class LocalReplica:
+    """This node's replica operations over its storage engine."""
+
+    def __init__(self, node: str, actor: Actor, storage: StorageEngine) -> None:
+        self.node = node
+        self.actor = actor
+        self.storage = storage
+        self._key_epochs = KeyEpochs(storage)
+
+    async def get(self, bucket: bytes, key: bytes) -> Object | None:
+        return _decode(await self.storage.get_record(bucket, key))
+
+    async def coordinate_put(
+        self,
+        bucket: bytes,
+        key: bytes,
+        content: Content,
+        context: VersionVector | None,
+        lww: bool,
+    ) -> Object:
+        """Make the new version here (a new dot of this node's actor) and store it."""
+
+        key_epoch = await self._key_epochs.next()
+
+        def apply(stored: StoredRecord | None) -> RecordWrite | None:
+            local = _decode(stored)
+            return _write(
+                versions.coordinate(
+                    local, content, context, self.actor, lww=lww, key_epoch=key_epoch
+                )
+            )
+
+        stored = await self.storage.update(bucket, key, apply)
+        assert stored is not None
+        return Object.decode(stored.record)
+
+    async def merge_put(self, bucket: bytes, key: bytes, obj: Object, lww: bool) -> Object:
+        """Merge another replica's version into ours (replication, read repair, handoff)."""
+
+        def apply(stored: StoredRecord | None) -> RecordWrite | None:
+            local = _decode(stored)
+            merged = versions.merge(local, obj, lww=lww)
+            if merged is None or (local is not None and merged == local):
+                return None
+            return _write(merged)
+
+        stored = await self.storage.update(bucket, key, apply)
+        assert stored is not None
+        return Object.decode(stored.record)
+
+    async def missing_chunks(self, hashes: Sequence[bytes]) -> frozenset[bytes]:
+        return await self.storage.missing_chunks(hashes)
+
+    async def write_chunk(self, data: bytes, expected: bytes) -> None:
+        await self.storage.write_chunk(data, expected)
+
+    async def read_chunk(self, chunk_hash: bytes) -> bytes:
+        return await self.storage.read_chunk(chunk_hash)
+
+    async def list_keys(self, bucket: bytes, partitions: Sequence[int]) -> list[bytes]:
+        keys: list[bytes] = []
+        for partition in partitions:
+            async for batch in self.storage.scan_partition(partition):
+                keys.extend(
+                    record.key
+                    for record in batch
+                    if record.bucket == bucket and not Object.decode(record.record).is_tombstone()
+                )
+        return keys
+
+    async def list_buckets(self) -> list[bytes]:
+        return await self.storage.list_buckets()

@@ -1,0 +1,807 @@
+"""The peer protocol without I/O: message types, a strict CBOR frame codec and the handshake."""
+
+# The machine
+# ===========
+#
+# Frames. Every message travels as one frame: a 4-byte big-endian length, then that many
+# bytes holding one CBOR map `{"type": str, "id": int, ...fields}`. The length counts the
+# CBOR payload only and may not exceed the connection's `max_frame_bytes` (default
+# MAX_FRAME_BYTES), or HANDSHAKE_MAX_FRAME_BYTES until the peer has proved the secret; a
+# larger length is a ProtocolError as soon as its 4 bytes arrive, before any of it is kept.
+#
+# Messages (wire type -> fields besides "type" and "id"):
+#     "request"   Request(id, method, body)     a call; the peer answers with one Reply(id)
+#     "reply"     Reply(id, ok, body)           the answer to the Request with the same id
+#     "ping"      Ping(id)                      liveness probe; answered by Pong(id)
+#     "pong"      Pong(id)
+#     "hello"     Hello(name, nonce, version)   handshake, client -> server  (wire id 0)
+#     "challenge" Challenge(name, nonce, mac)   handshake, server -> client  (wire id 0)
+#     "proof"     Proof(mac)                    handshake, client -> server  (wire id 0)
+# A map with a missing or an extra key, a field of the wrong type or out of range, or a
+# type not in this table is a ProtocolError. Bodies hold only None, bool, int (CBOR's native
+# -2**64 .. 2**64-1), bytes, str, list and dict with str or bytes keys; we decode CBOR
+# ourselves so that tags, floats, indefinite lengths, duplicate keys, deep nesting and frames
+# of millions of tiny items are refused before they cost anything (MAX_DEPTH,
+# MAX_ITEMS_PER_FRAME). What we can send, the peer can decode, by construction: the encoder
+# enforces the same limits and raises LocalProtocolError instead.
+#
+# Handshake. The dialling side is the CLIENT. Both sides prove they know the cluster secret
+# with HMAC-SHA256 over a transcript holding BOTH fresh nonces and both names, so a proof
+# recorded on one connection is worthless on the next (the other side's nonce differs):
+#
+#     client                                         server
+#     START --start()--> Hello(name_c, nonce_c) -->  AWAIT_HELLO
+#     AWAIT_CHALLENGE <-- Challenge(name_s, nonce_s, mac_s) <-- AWAIT_PROOF
+#       verify mac_s; DONE --> Proof(mac_c) -->      verify mac_c; DONE
+#
+#     mac_s = HMAC(secret, transcript("server")), mac_c = HMAC(secret, transcript("client")),
+#     transcript(label) = each of (label, version, nonce_c, nonce_s, name_c, name_s) with a
+#     4-byte length prefix, so no field can bleed into its neighbour.
+# The labels stop a peer from reflecting our own MAC back at us. Any message the table
+# below (_TRANSITIONS) does not expect, a wrong MAC, an unknown version, or a peer naming
+# itself with our own name fails the handshake with ProtocolError.
+#
+# Connection. `Connection` runs the handshake itself (its frames never reach the caller;
+# its answers wait in data_to_send()), says Established(peer_name) once, and then carries
+# Request, Reply, Ping and Pong both ways:
+#     HANDSHAKING --peer proven: Established--> ESTABLISHED --peer EOF at a frame boundary-->
+#     CLOSED; any state --anything wrong from the peer--> DEAD (every call raises ProtocolError)
+# A sketch of its driver (net/ owns the real one, with timeouts):
+#
+#     conn = Connection(Role.CLIENT, "node-a", secret, os.urandom(NONCE_BYTES))
+#     await stream.send_all(conn.data_to_send())          # the Hello; b"" for a server
+#     while True:
+#         event = conn.next_event()                       # runs the handshake internally
+#         await stream.send_all(conn.data_to_send())      # Challenge / Proof when due
+#         if event is NEED_DATA:
+#             conn.receive_data(await stream.receive_some(RECEIVE_BYTES))
+#         elif isinstance(event, Established):
+#             break                                       # event.peer_name is authenticated
+#     event = conn.next_event()       # Request | Reply | Ping | Pong | NEED_DATA | CLOSED
+#     await stream.send_all(conn.send(Reply(event.id, True, {...})))
+# (Stop reading at Established: the client has nothing to wait for then, and the server may
+# already hold the client's first requests, which the following next_event() calls return.)
+#
+# Errors. Anything wrong the peer sends raises ProtocolError and nothing else; the connection
+# is then dead. Anything wrong we try to send raises LocalProtocolError and changes nothing.
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, TypeAlias
+
+from ringstore.errors import LocalProtocolError, ProtocolError
+
+PROTOCOL_VERSION = 1  # bumped on any incompatible change; a mismatch fails the handshake
+LENGTH_PREFIX_BYTES = 4  # big-endian frame length in front of every CBOR payload
+MAX_FRAME_BYTES = 4 * 1024 * 1024 + 64 * 1024  # room for 1 MiB chunk pieces plus their fields
+HANDSHAKE_MAX_FRAME_BYTES = 4096  # a Hello is < 1.2 KiB; unauthenticated peers get no more
+MAX_LENGTH_PREFIX = 2**32 - 1  # the largest length 4 bytes can say
+MAX_ITEMS_PER_FRAME = 131_072  # 4 MiB of 32-byte hashes fits; bounds objects made per frame
+MAX_DEPTH = 16  # nested maps/lists per frame, the message map included; bounds recursion
+MAX_ID = 2**63 - 1  # ids fit a signed 64-bit integer in whatever language a peer is in
+CBOR_UINT_MAX = 2**64 - 1  # CBOR's native integers; bigger ones need tags, which we refuse
+METHOD_PATTERN = re.compile(r"[a-z][a-z0-9_.-]{0,63}", re.ASCII)  # short and log-safe
+NODE_NAME_MAX_CHARS = 255  # names appear in logs, rings and every handshake
+NONCE_BYTES = 32  # 256 random bits never repeat by chance
+MAC_BYTES = 32  # HMAC-SHA256
+SECRET_MIN_BYTES = 16  # a shorter secret falls to offline guessing from one sniffed handshake
+_TRANSCRIPT_DOMAIN = b"ringstore-peer-handshake"  # keeps these MACs apart from any other use
+_QUOTE_CHARS = 40  # peer-supplied values quoted in errors are cut to this many characters
+
+Body: TypeAlias = dict[Any, Any]  # str | bytes keys; values as listed in the comment above
+
+
+class Signal(enum.Enum):
+    """What `Connection.next_event` returns when it has no message."""
+
+    NEED_DATA = "NEED_DATA"  # feed more bytes with receive_data()
+    CLOSED = "CLOSED"  # the peer closed cleanly; nothing more will arrive
+
+
+NEED_DATA = Signal.NEED_DATA
+CLOSED = Signal.CLOSED
+
+
+@dataclass(frozen=True, slots=True)
+class Established:
+    """Returned once by `Connection.next_event` when the peer has proved the secret."""
+
+    peer_name: str
+
+
+class Role(enum.Enum):
+    CLIENT = "client"  # dialled the connection and speaks first
+    SERVER = "server"  # accepted the connection
+
+
+def _quote(value: object) -> str:
+    """A short printable form of a value for an error message, cheap even for huge values."""
+    if isinstance(value, str | bytes | bytearray):
+        text = repr(value[:_QUOTE_CHARS])
+    elif isinstance(value, list | dict):
+        text = f"<{type(value).__name__} of {len(value)} items>"
+    elif isinstance(value, int) and value.bit_length() > 64:
+        text = f"<int of {value.bit_length()} bits>"
+    else:
+        text = repr(value)
+    return text if len(text) <= _QUOTE_CHARS else text[:_QUOTE_CHARS] + "..."
+
+
+# ---------------------------------------------------------------------------------------------
+# Strict CBOR: the subset above, with the same limits on both sides.
+
+
+def _head(major: int, argument: int) -> bytes:
+    if argument < 24:
+        return bytes((major << 5 | argument,))
+    if argument < 0x100:
+        return bytes((major << 5 | 24, argument))
+    if argument < 0x10000:
+        return bytes((major << 5 | 25,)) + argument.to_bytes(2, "big")
+    if argument < 0x100000000:
+        return bytes((major << 5 | 26,)) + argument.to_bytes(4, "big")
+    return bytes((major << 5 | 27,)) + argument.to_bytes(8, "big")
+
+
+class _Encoder:
+    """Validates and encodes a value, collecting parts so large byte strings are not copied."""
+
+    __slots__ = ("parts", "size", "items", "max_bytes")
+
+    def __init__(self, max_bytes: int) -> None:
+        self.parts: list[bytes | bytearray | memoryview] = []
+        self.size = 0
+        self.items = 0
+        self.max_bytes = max_bytes
+
+    def emit(self, part: bytes | bytearray | memoryview, length: int) -> None:
+        self.size += length
+        if self.size > self.max_bytes:
+            raise LocalProtocolError(f"message exceeds the {self.max_bytes}-byte frame limit")
+        self.parts.append(part)
+
+    def encode(self, value: object, depth: int) -> None:
+        self.items += 1
+        if self.items > MAX_ITEMS_PER_FRAME:
+            raise LocalProtocolError(f"message has over {MAX_ITEMS_PER_FRAME} CBOR items")
+        if value is None:
+            self.emit(b"\xf6", 1)
+        elif value is True or value is False:
+            self.emit(b"\xf5" if value else b"\xf4", 1)
+        elif isinstance(value, int):
+            if not -CBOR_UINT_MAX - 1 <= value <= CBOR_UINT_MAX:
+                raise LocalProtocolError(f"integer {_quote(value)} is outside -2**64..2**64-1")
+            head = _head(0, value) if value >= 0 else _head(1, -1 - value)
+            self.emit(head, len(head))
+        elif isinstance(value, str):
+            try:
+                raw = value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise LocalProtocolError(f"string {_quote(value)} is not valid Unicode") from None
+            head = _head(3, len(raw))
+            self.emit(head, len(head))
+            self.emit(raw, len(raw))
+        elif isinstance(value, bytes | bytearray | memoryview):
+            if isinstance(value, memoryview) and not value.contiguous:
+                raise LocalProtocolError("a memoryview in a message must be contiguous")
+            length = value.nbytes if isinstance(value, memoryview) else len(value)
+            head = _head(2, length)
+            self.emit(head, len(head))
+            self.emit(value, length)
+        elif isinstance(value, list | dict):
+            if depth >= MAX_DEPTH:
+                raise LocalProtocolError(f"message nests deeper than {MAX_DEPTH} levels")
+            head = _head(4 if isinstance(value, list) else 5, len(value))
+            self.emit(head, len(head))
+            if isinstance(value, list):
+                for item in value:
+                    self.encode(item, depth + 1)
+                return
+            for key, item in value.items():
+                if not isinstance(key, str | bytes):
+                    raise LocalProtocolError(f"map key {_quote(key)} is not str or bytes")
+                self.encode(key, depth + 1)
+                self.encode(item, depth + 1)
+        else:
+            raise LocalProtocolError(
+                f"{type(value).__name__} cannot travel in a message "
+                "(allowed: None, bool, int, bytes, str, list, dict)"
+            )
+
+
+class _Decoder:
+    """Decodes one CBOR item of the allowed subset; anything else is the peer's ProtocolError."""
+
+    __slots__ = ("data", "pos", "items")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+        self.items = 0
+
+    def argument(self, info: int) -> int:
+        if info < 24:
+            return info
+        if info > 27:
+            raise ProtocolError("indefinite lengths and reserved CBOR values are not allowed")
+        width = 1 << (info - 24)
+        end = self.pos + width
+        if end > len(self.data):
+            raise ProtocolError("frame ends inside a CBOR item")
+        value = int.from_bytes(self.data[self.pos : end], "big")
+        self.pos = end
+        return value
+
+    def decode(self, depth: int) -> object:
+        data = self.data
+        if self.pos >= len(data):
+            raise ProtocolError("frame ends before its CBOR item does")
+        self.items += 1
+        if self.items > MAX_ITEMS_PER_FRAME:
+            raise ProtocolError(f"frame holds over {MAX_ITEMS_PER_FRAME} CBOR items")
+        initial = data[self.pos]
+        self.pos += 1
+        major, info = initial >> 5, initial & 0x1F
+        if major == 7:
+            if info in _SIMPLE_VALUES:
+                return _SIMPLE_VALUES[info]
+            raise ProtocolError("floats and simple values other than false/true/null are refused")
+        if major == 6:
+            raise ProtocolError("CBOR tags are not allowed")
+        argument = self.argument(info)
+        if major == 0:
+            return argument
+        if major == 1:
+            return -1 - argument
+        if major in (2, 3):
+            end = self.pos + argument
+            if end > len(data):
+                raise ProtocolError("frame ends inside a CBOR string")
+            raw = data[self.pos : end]
+            self.pos = end
+            if major == 2:
+                return raw
+            try:
+                return raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ProtocolError("text string is not valid UTF-8") from None
+        if depth >= MAX_DEPTH:
+            raise ProtocolError(f"frame nests deeper than {MAX_DEPTH} levels")
+        # Each item takes at least one byte: refuse impossible counts before looping on them.
+        remaining = len(data) - self.pos
+        if major == 4:
+            if argument > remaining:
+                raise ProtocolError("array is longer than its frame")
+            return [self.decode(depth + 1) for _ in range(argument)]
+        if 2 * argument > remaining:
+            raise ProtocolError("map is longer than its frame")
+        result: dict[Any, Any] = {}
+        for _ in range(argument):
+            key = self.decode(depth + 1)
+            if not isinstance(key, str | bytes):
+                raise ProtocolError(f"map key {_quote(key)} is not str or bytes")
+            if key in result:
+                raise ProtocolError(f"duplicate map key {_quote(key)}")
+            result[key] = self.decode(depth + 1)
+        return result
+
+
+_SIMPLE_VALUES = {20: False, 21: True, 22: None}
+
+
+_ITEMS_OUTSIDE_BODY = 8  # a Request/Reply map, its 4 keys and its 3 values besides the body
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages. Constructors validate and raise LocalProtocolError; when the peer sent the fields,
+# the decoder turns that into ProtocolError.
+
+
+def _check_id(value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ID:
+        raise LocalProtocolError(f"id must be an int in 0..2**63-1, got {_quote(value)}")
+
+
+def _check_body(body: object) -> None:
+    """Raise LocalProtocolError unless `body` fits a frame's type, depth and item limits."""
+    if not isinstance(body, dict):
+        raise LocalProtocolError(f"body must be a dict, got {type(body).__name__}")
+    encoder = _Encoder(MAX_LENGTH_PREFIX)
+    encoder.items = _ITEMS_OUTSIDE_BODY
+    encoder.encode(body, 1)
+
+
+def _check_name(name: object) -> None:
+    if (
+        not isinstance(name, str)
+        or not 0 < len(name) <= NODE_NAME_MAX_CHARS
+        or not name.isprintable()
+    ):
+        raise LocalProtocolError(
+            f"node name must be 1..{NODE_NAME_MAX_CHARS} printable characters, got {_quote(name)}"
+        )
+
+
+def _check_fixed_bytes(what: str, value: object, length: int) -> None:
+    if not isinstance(value, bytes) or len(value) != length:
+        raise LocalProtocolError(f"{what} must be {length} bytes, got {_quote(value)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A call of `method` with arguments in `body`; the peer answers with Reply(id=self.id).
+
+    Ids are the caller's to choose (unique among its calls in flight on this connection);
+    the codec does not track them. Treat `body` as immutable once built.
+    """
+
+    TYPE: ClassVar[str] = "request"
+    FIELDS: ClassVar[tuple[str, ...]] = ("id", "method", "body")
+    id: int
+    method: str
+    body: Body = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_id(self.id)
+        if not isinstance(self.method, str) or not METHOD_PATTERN.fullmatch(self.method):
+            raise LocalProtocolError(
+                f"method must match {METHOD_PATTERN.pattern}, got {_quote(self.method)}"
+            )
+        _check_body(self.body)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer to the Request with the same id: `ok` says success; `body` the details."""
+
+    TYPE: ClassVar[str] = "reply"
+    FIELDS: ClassVar[tuple[str, ...]] = ("id", "ok", "body")
+    id: int
+    ok: bool
+    body: Body = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_id(self.id)
+        if not isinstance(self.ok, bool):
+            raise LocalProtocolError(f"ok must be a bool, got {_quote(self.ok)}")
+        _check_body(self.body)
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """A liveness probe; the peer answers Pong(id=self.id)."""
+
+    TYPE: ClassVar[str] = "ping"
+    FIELDS: ClassVar[tuple[str, ...]] = ("id",)
+    id: int
+
+    def __post_init__(self) -> None:
+        _check_id(self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """The answer to Ping(id)."""
+
+    TYPE: ClassVar[str] = "pong"
+    FIELDS: ClassVar[tuple[str, ...]] = ("id",)
+    id: int
+
+    def __post_init__(self) -> None:
+        _check_id(self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Handshake step 1, client -> server: who the client is and its fresh nonce."""
+
+    TYPE: ClassVar[str] = "hello"
+    FIELDS: ClassVar[tuple[str, ...]] = ("name", "nonce", "version")
+    name: str
+    nonce: bytes
+    version: int = PROTOCOL_VERSION
+
+    def __post_init__(self) -> None:
+        _check_name(self.name)
+        _check_fixed_bytes("nonce", self.nonce, NONCE_BYTES)
+        version = self.version
+        if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version <= 0xFFFF:
+            raise LocalProtocolError(f"version must be an int in 0..65535, got {_quote(version)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """Handshake step 2, server -> client: the server's name, fresh nonce and proof."""
+
+    TYPE: ClassVar[str] = "challenge"
+    FIELDS: ClassVar[tuple[str, ...]] = ("name", "nonce", "mac")
+    name: str
+    nonce: bytes
+    mac: bytes
+
+    def __post_init__(self) -> None:
+        _check_name(self.name)
+        _check_fixed_bytes("nonce", self.nonce, NONCE_BYTES)
+        _check_fixed_bytes("mac", self.mac, MAC_BYTES)
+
+
+@dataclass(frozen=True, slots=True)
+class Proof:
+    """Handshake step 3, client -> server: the client's proof over both nonces."""
+
+    TYPE: ClassVar[str] = "proof"
+    FIELDS: ClassVar[tuple[str, ...]] = ("mac",)
+    mac: bytes
+
+    def __post_init__(self) -> None:
+        _check_fixed_bytes("mac", self.mac, MAC_BYTES)
+
+
+Message: TypeAlias = Request | Reply | Ping | Pong
+HandshakeMessage: TypeAlias = Hello | Challenge | Proof
+_APPLICATION_TYPES = (Request, Reply, Ping, Pong)
+_HANDSHAKE_TYPES = (Hello, Challenge, Proof)
+_MESSAGE_TYPES: dict[str, type[Message | HandshakeMessage]] = {
+    cls.TYPE: cls for cls in _APPLICATION_TYPES + _HANDSHAKE_TYPES
+}
+_HANDSHAKE_WIRE_ID = 0  # handshake messages have no id of their own
+
+
+def encode_frame(
+    message: Message | HandshakeMessage, max_frame_bytes: int = MAX_FRAME_BYTES
+) -> bytes:
+    """One whole frame (length prefix + CBOR) for any message; LocalProtocolError if too big.
+
+    Low level, for tests and tools: `Connection.send` is the checked way to send.
+    """
+    wire: dict[str, Any] = {"type": message.TYPE, "id": getattr(message, "id", 0)}
+    for name in message.FIELDS:
+        wire[name] = getattr(message, name)
+    encoder = _Encoder(max_frame_bytes)
+    encoder.encode(wire, 0)
+    return b"".join([encoder.size.to_bytes(LENGTH_PREFIX_BYTES, "big"), *encoder.parts])
+
+
+def decode_payload(payload: bytes) -> Message | HandshakeMessage:
+    """The message in one frame's CBOR payload (no length prefix); ProtocolError if invalid."""
+    decoder = _Decoder(payload)
+    wire = decoder.decode(0)
+    if decoder.pos != len(payload):
+        raise ProtocolError(f"{len(payload) - decoder.pos} stray bytes after the CBOR item")
+    if not isinstance(wire, dict):
+        raise ProtocolError(f"a frame must hold a CBOR map, not {type(wire).__name__}")
+    kind = wire.get("type")
+    cls = _MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message type {_quote(kind)}")
+    expected = {"type", "id", *cls.FIELDS}
+    if wire.keys() != expected:
+        missing = sorted(expected - wire.keys())
+        extra = sorted(map(_quote, wire.keys() - expected))
+        raise ProtocolError(f"{kind} message: missing keys {missing}, unexpected keys {extra}")
+    if cls in _HANDSHAKE_TYPES and (
+        type(wire["id"]) is not int or wire["id"] != _HANDSHAKE_WIRE_ID
+    ):
+        raise ProtocolError(f"{kind} message must carry id 0, got {_quote(wire['id'])}")
+    try:
+        return cls(**{name: wire[name] for name in cls.FIELDS})
+    except LocalProtocolError as exc:
+        raise ProtocolError(f"bad {kind} message: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Handshake
+
+
+class HandshakeState(enum.Enum):
+    START = "start"  # start() not called yet
+    AWAIT_HELLO = "await hello"  # server
+    AWAIT_CHALLENGE = "await challenge"  # client, Hello sent
+    AWAIT_PROOF = "await proof"  # server, Challenge sent
+    DONE = "done"  # the peer proved the secret; peer_name is trustworthy
+    FAILED = "failed"  # a ProtocolError happened; every later receive() raises again
+
+
+class Handshake:
+    """The pure mutual-authentication state machine (Connection drives one for you).
+
+    `Handshake(role, node_name, secret, nonce)`: `nonce` must be NONCE_BYTES fresh random
+    bytes, never reused (os.urandom in production, the node's seeded Random in the
+    simulator): the server's fresh nonce is what makes a replayed Proof fail. `start()`
+    returns the client's Hello (None for a server); `receive(message)` returns the message
+    to send back or None, and raises ProtocolError for anything unexpected or unproven.
+    """
+
+    __slots__ = (
+        "role",
+        "node_name",
+        "_secret",
+        "_nonce",
+        "state",
+        "_peer_name",
+        "_peer_nonce",
+    )
+
+    def __init__(self, role: Role, node_name: str, secret: bytes, nonce: bytes) -> None:
+        if not isinstance(role, Role):
+            raise LocalProtocolError(f"role must be a Role, got {role!r}")
+        _check_name(node_name)
+        if not isinstance(secret, bytes) or len(secret) < SECRET_MIN_BYTES:
+            raise LocalProtocolError(f"cluster secret must be at least {SECRET_MIN_BYTES} bytes")
+        _check_fixed_bytes("nonce", nonce, NONCE_BYTES)
+        self.role = role
+        self.node_name = node_name
+        self._secret = secret
+        self._nonce = nonce
+        self.state = HandshakeState.START
+        self._peer_name: str | None = None
+        self._peer_nonce = b""
+
+    @property
+    def done(self) -> bool:
+        return self.state is HandshakeState.DONE
+
+    @property
+    def peer_name(self) -> str | None:
+        """The peer's name, once it has proved the secret; None before."""
+        return self._peer_name if self.done else None
+
+    def start(self) -> Hello | None:
+        if self.state is not HandshakeState.START:
+            raise LocalProtocolError("handshake already started")
+        if self.role is Role.SERVER:
+            self.state = HandshakeState.AWAIT_HELLO
+            return None
+        self.state = HandshakeState.AWAIT_CHALLENGE
+        return Hello(self.node_name, self._nonce)
+
+    def receive(self, message: object) -> Challenge | Proof | None:
+        if self.state is HandshakeState.START:
+            raise LocalProtocolError("call start() before receive()")
+        if self.state is HandshakeState.FAILED:
+            raise ProtocolError("the handshake already failed")
+        handler = _TRANSITIONS.get((self.state, type(message)))
+        try:
+            if handler is None:
+                raise ProtocolError(
+                    f"unexpected {type(message).__name__} in handshake state {self.state.value}"
+                )
+            return handler(self, message)
+        except ProtocolError:
+            self.state = HandshakeState.FAILED
+            raise
+
+    def _mac(self, label: bytes, client: tuple[str, bytes], server: tuple[str, bytes]) -> bytes:
+        fields = (
+            _TRANSCRIPT_DOMAIN,
+            label,
+            PROTOCOL_VERSION.to_bytes(2, "big"),
+            client[1],
+            server[1],
+            client[0].encode(),
+            server[0].encode(),
+        )
+        transcript = b"".join(len(f).to_bytes(4, "big") + f for f in fields)
+        return hmac.digest(self._secret, transcript, hashlib.sha256)
+
+    def _check_peer_name(self, name: str) -> None:
+        if name == self.node_name:
+            raise ProtocolError(f"peer claims our own name {_quote(name)}")
+
+    def _on_hello(self, hello: Hello) -> Challenge:
+        if hello.version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"peer speaks protocol version {hello.version}; we speak {PROTOCOL_VERSION}"
+            )
+        self._check_peer_name(hello.name)
+        self._peer_name, self._peer_nonce = hello.name, hello.nonce
+        mac = self._mac(b"server", (hello.name, hello.nonce), (self.node_name, self._nonce))
+        self.state = HandshakeState.AWAIT_PROOF
+        return Challenge(self.node_name, self._nonce, mac)
+
+    def _on_challenge(self, challenge: Challenge) -> Proof:
+        self._check_peer_name(challenge.name)
+        client = (self.node_name, self._nonce)
+        server = (challenge.name, challenge.nonce)
+        if not hmac.compare_digest(challenge.mac, self._mac(b"server", client, server)):
+            raise ProtocolError(f"server {_quote(challenge.name)} failed to prove the secret")
+        self._peer_name = challenge.name
+        self.state = HandshakeState.DONE
+        return Proof(self._mac(b"client", client, server))
+
+    def _on_proof(self, proof: Proof) -> None:
+        assert self._peer_name is not None  # set by _on_hello, the only way into AWAIT_PROOF
+        client = (self._peer_name, self._peer_nonce)
+        expected = self._mac(b"client", client, (self.node_name, self._nonce))
+        if not hmac.compare_digest(proof.mac, expected):
+            raise ProtocolError(f"client {_quote(self._peer_name)} failed to prove the secret")
+        self.state = HandshakeState.DONE
+
+
+_TRANSITIONS: dict[tuple[HandshakeState, type], Any] = {
+    (HandshakeState.AWAIT_HELLO, Hello): Handshake._on_hello,
+    (HandshakeState.AWAIT_CHALLENGE, Challenge): Handshake._on_challenge,
+    (HandshakeState.AWAIT_PROOF, Proof): Handshake._on_proof,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Connection
+
+
+class Connection:
+    """One peer connection's protocol state: handshake, then framed messages both ways.
+
+    `Connection(role, node_name, secret, nonce, *, max_frame_bytes=MAX_FRAME_BYTES)`; see the
+    comment at the top of this module for the driver loop. Methods:
+
+    - `receive_data(data)`: buffer bytes from the peer; `b""` means EOF. Call it only when
+      `next_event()` returned NEED_DATA (or before the first call); then the buffer never
+      holds more than one incomplete frame plus `data`. Feeding while a maximum-size frame
+      is already buffered raises LocalProtocolError, so the buffer stays bounded even then.
+    - `next_event()`: Established(peer_name) once the peer proved the secret, then the next
+      Request / Reply / Ping / Pong, or NEED_DATA, or CLOSED once the peer closed cleanly
+      (again on every later call). Handshake frames are consumed here; their answers wait in
+      `data_to_send()`. EOF mid-frame or before the handshake completed is a ProtocolError.
+    - `data_to_send()`: bytes the handshake wants sent (the Hello, Challenge or Proof);
+      empty once established. Send them after each next_event() until Established.
+    - `send(message)`: the frame for a Request / Reply / Ping / Pong; LocalProtocolError
+      (nothing changes) if the message is invalid, too big, or the handshake is not done.
+
+    Anything wrong from the peer raises ProtocolError; the connection is then dead and every
+    later call raises ProtocolError again (drop the stream).
+    """
+
+    __slots__ = (
+        "_handshake",
+        "_max_frame_bytes",
+        "_buffer",
+        "_outgoing",
+        "_eof",
+        "_error",
+    )
+
+    def __init__(
+        self,
+        role: Role,
+        node_name: str,
+        secret: bytes,
+        nonce: bytes,
+        *,
+        max_frame_bytes: int = MAX_FRAME_BYTES,
+    ) -> None:
+        if (
+            not isinstance(max_frame_bytes, int)
+            or not HANDSHAKE_MAX_FRAME_BYTES <= max_frame_bytes <= MAX_LENGTH_PREFIX
+        ):
+            raise LocalProtocolError(
+                f"max_frame_bytes must be in {HANDSHAKE_MAX_FRAME_BYTES}..{MAX_LENGTH_PREFIX}"
+            )
+        self._handshake = Handshake(role, node_name, secret, nonce)
+        self._max_frame_bytes = max_frame_bytes
+        self._buffer = bytearray()
+        self._outgoing = bytearray()
+        self._eof = False
+        self._error: str | None = None
+        hello = self._handshake.start()
+        if hello is not None:
+            self._outgoing += encode_frame(hello, HANDSHAKE_MAX_FRAME_BYTES)
+
+    @property
+    def role(self) -> Role:
+        return self._handshake.role
+
+    @property
+    def node_name(self) -> str:
+        return self._handshake.node_name
+
+    @property
+    def established(self) -> bool:
+        """True once the peer proved the secret (client: once it verified the server)."""
+        return self._handshake.done
+
+    @property
+    def peer_name(self) -> str | None:
+        """The authenticated peer's name; None until established."""
+        return self._handshake.peer_name
+
+    @property
+    def max_frame_bytes(self) -> int:
+        return self._max_frame_bytes
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Received bytes not yet turned into events."""
+        return len(self._buffer)
+
+    def _frame_limit(self) -> int:
+        return self._max_frame_bytes if self.established else HANDSHAKE_MAX_FRAME_BYTES
+
+    def _check_alive(self) -> None:
+        if self._error is not None:
+            raise ProtocolError(f"connection is dead: {self._error}")
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        self._check_alive()
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise LocalProtocolError(f"receive_data takes bytes, got {type(data).__name__}")
+        if self._eof:
+            if len(data):
+                raise LocalProtocolError("receive_data after EOF")
+            return
+        if len(self._buffer) >= LENGTH_PREFIX_BYTES + self._frame_limit():
+            raise LocalProtocolError("call next_event() until NEED_DATA before feeding more")
+        if not len(data):
+            self._eof = True
+        self._buffer += data
+
+    def next_event(self) -> Message | Established | Literal[Signal.NEED_DATA, Signal.CLOSED]:
+        self._check_alive()
+        try:
+            return self._next_event()
+        except ProtocolError as exc:
+            self._error = str(exc)
+            self._buffer = bytearray()
+            self._outgoing = bytearray()
+            raise
+
+    def _next_event(self) -> Message | Established | Literal[Signal.NEED_DATA, Signal.CLOSED]:
+        while True:
+            payload = self._take_frame()
+            if payload is None:
+                if not self._eof:
+                    return NEED_DATA
+                if self._buffer:
+                    raise ProtocolError(f"peer closed mid-frame ({len(self._buffer)} bytes)")
+                if not self.established:
+                    raise ProtocolError("peer closed before the handshake completed")
+                return CLOSED
+            message = decode_payload(payload)
+            if self.established:
+                if isinstance(message, _HANDSHAKE_TYPES):
+                    raise ProtocolError(f"{message.TYPE} after the handshake completed")
+                return message
+            if not isinstance(message, _HANDSHAKE_TYPES):
+                raise ProtocolError(f"{message.TYPE} before the handshake completed")
+            answer = self._handshake.receive(message)
+            if answer is not None:
+                self._outgoing += encode_frame(answer, HANDSHAKE_MAX_FRAME_BYTES)
+            if self._handshake.done:
+                return Established(self.peer_name)
+
+    def _take_frame(self) -> bytes | None:
+        buffer = self._buffer
+        if len(buffer) < LENGTH_PREFIX_BYTES:
+            return None
+        length = int.from_bytes(buffer[:LENGTH_PREFIX_BYTES], "big")
+        limit = self._frame_limit()
+        if length > limit:
+            raise ProtocolError(f"frame of {length} bytes exceeds the {limit}-byte limit")
+        end = LENGTH_PREFIX_BYTES + length
+        if len(buffer) < end:
+            return None
+        with memoryview(buffer) as view:
+            payload = bytes(view[LENGTH_PREFIX_BYTES:end])
+        del buffer[:end]
+        return payload
+
+    def data_to_send(self) -> bytes:
+        self._check_alive()
+        data = bytes(self._outgoing)
+        self._outgoing.clear()
+        return data
+
+    def send(self, message: Message) -> bytes:
+        self._check_alive()
+        if not isinstance(message, _APPLICATION_TYPES):
+            raise LocalProtocolError(
+                f"send() takes Request, Reply, Ping or Pong, not {type(message).__name__}"
+            )
+        if not self.established:
+            raise LocalProtocolError("cannot send before the handshake completed")
+        return encode_frame(message, self._max_frame_bytes)

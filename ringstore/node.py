@@ -1,0 +1,220 @@
+"""The composition root: config -> storage -> ring -> peers -> coordinator -> HTTP, in order."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+import ringstore
+from ringstore.config import ConfigError, NodeConfig
+from ringstore.coord.kv import Coordinator, PropsStore
+from ringstore.coord.remote import RemoteReplica, replica_handlers
+from ringstore.coord.replica import LocalReplica, ReplicaClient
+from ringstore.core import versions
+from ringstore.core.props import BucketProps
+from ringstore.core.ring import Ring
+from ringstore.errors import ProtocolError, RingstoreError
+from ringstore.net.liveness import Liveness
+from ringstore.net.rpc import PeerService
+from ringstore.net.transport import TcpTransport, Transport
+from ringstore.storage.engine import StorageEngine
+from ringstore.storage.lmdb_store import LmdbStore
+
+log = logging.getLogger(__name__)
+
+PROPS_CALL_TIMEOUT_S = 5.0  # pushing a bucket's properties to one peer
+
+
+class Node:
+    """One ringstore node. `await nursery.start(node.run)` returns once it serves everything.
+
+    Production builds everything from the config; tests and the simulator may inject the
+    transport, the storage engine, the secret, the wall clock and the random source.
+    """
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        secret: bytes | None = None,
+        transport: Transport | None = None,
+        storage: StorageEngine | None = None,
+        addresses: dict[str, Any] | None = None,
+        rng: random.Random | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        serve_http: bool = True,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        if secret is None:
+            if config.secret_file is None:
+                raise ConfigError("a node needs the cluster secret (node.secret_file)")
+            try:
+                secret = config.secret_file.read_bytes().strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read the cluster secret: {exc}") from None
+        if not secret:
+            raise ConfigError("the cluster secret is empty")
+        self._secret = secret
+        self.transport = transport or TcpTransport(config.peer_host, config.peer_port)
+        self.storage = storage or LmdbStore(
+            config.data_dir / "store",
+            ring_size=config.ring_size,
+            inline_max=config.storage.inline_max,
+            chunk_size=config.storage.chunk_size,
+            map_size=config.storage.map_size,
+            wall_clock=wall_clock,
+        )
+        members = sorted({m.name for m in config.members} | {config.name})
+        self.addresses: dict[str, Any] = (
+            addresses
+            if addresses is not None
+            else {m.name: (m.host, m.port) for m in config.members if m.name != config.name}
+        )
+        self.ring = Ring.initial(members, config.ring_size, config.n_val)
+        self._rng = rng or random.SystemRandom()
+        self._wall_clock = wall_clock
+        self._serve_http = serve_http
+        self.http_address: tuple[str, int] | None = None
+        self.peer_address: Any = None
+        self._cancel = trio.CancelScope()
+        self.coordinator: Coordinator
+        self.peers: PeerService
+        self.liveness: Liveness
+        self.replica: LocalReplica
+
+    def stop(self) -> None:
+        """Ask the node to shut down; `run` returns once everything has stopped."""
+        self._cancel.cancel()
+
+    async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        with self._cancel:
+            async with trio.open_nursery() as nursery:
+                await self._start(nursery)
+                log.info(
+                    "%s: serving (http %s, peers %s)",
+                    self.name,
+                    self.http_address,
+                    self.peer_address,
+                )
+                task_status.started(self)
+        log.info("%s: stopped", self.name)
+
+    async def _start(self, nursery: trio.Nursery) -> None:
+        log.info("%s: opening storage", self.name)
+        await nursery.start(self.storage.run)
+        nursery.start_soon(_close_on_cancel, self.storage)
+        actor = versions.make_actor(self.name, await self._epoch())
+        self.replica = LocalReplica(self.name, actor, self.storage)
+        props = PropsStore(self.storage.get_meta, self._save_props, BucketProps())
+
+        handlers = replica_handlers(self.replica)
+        handlers["props.set"] = self._receive_props
+        self.peers = PeerService(
+            self.name,
+            self._secret,
+            self.transport,
+            self.addresses,
+            handlers,
+            random.Random(self._rng.getrandbits(64)),
+        )
+        log.info("%s: starting peer service", self.name)
+        self.peer_address = await nursery.start(self.peers.run)
+        self.liveness = Liveness(self.peers, peers=lambda: list(self.addresses))
+        await nursery.start(self.liveness.run)
+
+        self.coordinator = Coordinator(
+            node=self.name,
+            secret=self._secret,
+            clients=self._client,
+            ring=lambda: self.ring,
+            up_nodes=self.liveness.up_nodes,
+            props=props,
+            broadcast_props=self._broadcast_props,
+            chunk_size=self.config.storage.chunk_size,
+            inline_max=self.config.storage.inline_max,
+            wall_clock=self._wall_clock,
+            version=ringstore.__version__,
+            extra_stats=self._stats,
+        )
+        await nursery.start(self.coordinator.run)
+        if self._serve_http:
+            from ringstore.http.server import serve_http
+
+            log.info("%s: starting HTTP", self.name)
+            self.http_address = await nursery.start(
+                serve_http, self.coordinator, self.config.http_host, self.config.http_port
+            )
+
+    async def _epoch(self) -> bytes:
+        """This data directory's epoch: new whenever the node starts without its data (KV679)."""
+        epoch = await self.storage.get_meta("epoch")
+        if epoch is None:
+            epoch = versions.new_epoch(random.SystemRandom())
+            await self.storage.put_meta("epoch", epoch)
+            log.info("%s: new data directory, epoch %s", self.name, epoch.hex())
+        return epoch
+
+    def _client(self, node: str) -> ReplicaClient:
+        if node == self.name:
+            return self.replica
+        return RemoteReplica(node, self._call)
+
+    async def _call(self, peer: str, method: str, body: dict, timeout_s: float) -> dict:
+        return await self.peers.call(peer, method, body, timeout_s=timeout_s)
+
+    async def _save_props(self, name: str, value: bytes) -> None:
+        await self.storage.put_meta(name, value)
+
+    async def _broadcast_props(self, bucket: bytes, props: BucketProps | None) -> None:
+        body = {"b": bucket, "p": None if props is None else props.encode()}
+
+        async def push(peer: str) -> None:
+            try:
+                await self.peers.call(peer, "props.set", body, timeout_s=PROPS_CALL_TIMEOUT_S)
+            except RingstoreError as exc:
+                log.warning("%s: bucket props not pushed to %s: %s", self.name, peer, exc)
+
+        async with trio.open_nursery() as nursery:
+            for peer in self.liveness.up_nodes() - {self.name}:
+                nursery.start_soon(push, peer)
+
+    async def _receive_props(self, peer: str, body: dict) -> dict:
+        bucket, raw = body.get("b"), body.get("p")
+        if not isinstance(bucket, bytes) or not (raw is None or isinstance(raw, bytes)):
+            raise ProtocolError("props.set needs b (bytes) and p (bytes or nil)")
+        if raw is not None:
+            BucketProps.decode(raw)
+        await self.storage.put_meta("props:" + bucket.hex(), raw or b"")
+        return {}
+
+    def _stats(self) -> dict[str, object]:
+        engine = self.storage.statistics()
+        up = self.liveness.up_nodes()
+        return {
+            "nodename": self.name,
+            "ring_members": list(self.ring.members),
+            "ring_num_partitions": self.ring.size,
+            "ring_creation_size": self.ring.size,
+            "connected_nodes": sorted(up - {self.name}),
+            "storage_backend": "ringstore_lmdb",
+            "ringstore_objects": engine.objects,
+            "ringstore_chunks": engine.chunks,
+            "ringstore_chunk_bytes": engine.chunk_bytes,
+            "ringstore_metadata_bytes": engine.metadata_bytes,
+            "ringstore_commits_total": engine.commits,
+            "ringstore_corrupt_chunks_found": engine.corrupt_chunks_found,
+        }
+
+
+async def _close_on_cancel(storage: StorageEngine) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        with trio.CancelScope(shield=True):
+            await storage.aclose()

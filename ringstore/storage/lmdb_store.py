@@ -1,0 +1,1131 @@
+"""The production storage engine: LMDB metadata and content-addressed chunk files, verified on read.
+
+Layout
+======
+One LMDB environment at `<path>/meta.lmdb` (sync=True: a commit returns once durable).
+Integers are big-endian. `okey` = engine.object_key(bucket, key) = len(bucket) (1) + bucket
++ key; `part` = core.hashing.partition_of(bucket, key, ring_size) (2); `seg` =
+engine.segment_of(bucket, key) (2).
+
+  objects   part + okey                 -> CBOR [record: bytes, chunks: [hash (32), ...]]
+  chunks    hash (32, BLAKE3-256)       -> CBOR [size: int, refcount: int,
+                                                 last_change: float (wall-clock s), present: bool]
+            refcount counts the records naming the chunk; last_change is when it last changed
+            or the chunk was last written (the sweeper's grace runs from it); present is false
+            once the file was quarantined (the row stays while records still name it).
+  aae       part + seg                  -> 32 bytes: XOR of engine.record_digest over the
+                                           segment's records (no row for an empty segment)
+  aae_keys  part + seg + okey           -> b"" (which keys a segment holds, for
+                                           segment_records without a partition scan)
+  meta      UTF-8 name                  -> value bytes (get_meta / put_meta)
+            b"\xffformat"               -> CBOR {"version": 1, "ring_size": int}; 0xff never
+                                           starts UTF-8, so no meta name collides with it
+            b"\xffclean"                -> b"": present only while the engine is closed and
+                                           every chunk file has its row (see Recovery)
+
+Files under `<path>`:
+  chunks/ab/cd/<hex hash>   one file per chunk; ab and cd are the hash's first two bytes in hex
+  tmp/<random>.tmp          uploads in progress; emptied at every start
+  quarantine/<hex>.<tag>    chunk files that failed verification, kept for the operator
+  lock                      flock()ed while an engine has the directory open
+
+Write order (why a crash never leaves a record naming a chunk that is not on disk): a chunk
+file is written under tmp/, fsynced, renamed into place and its directory fsynced before its
+`chunks` row commits, and a record can name only chunks whose row is present. The sweeper
+deletes a row before its file.
+
+Recovery: a crash between a chunk file's rename and its row's commit (or between the sweeper's
+row deletion and its unlink) leaves a file without a row, which no record can name and the
+sweeper, walking rows, would never see. So the engine removes `clean` when it opens and puts it
+back when it closes with no such gap open; opening without `clean` walks chunks/ and gives each
+file without a present row one (refcount unchanged, or 0 for a new row), restarting its grace,
+so the sweeper deletes it unless a record names it. Only a start after a crash pays for the walk.
+
+Concurrency: one committer task applies every queued write in one write transaction (group
+commit), each operation under its own savepoint (a nested transaction), in one worker-thread
+call. Reads and file I/O run on worker threads under capacity limiters; the event loop never
+waits on the disk. Per-chunk locks order the file operations on one hash (publish,
+quarantine, delete) against each other.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import inspect
+import logging
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import lmdb
+import trio
+
+from ringstore.core.hashing import chunk_hash, chunk_hasher, partition_of
+from ringstore.errors import (
+    ChunkCorrupt,
+    ChunkMissing,
+    ChunkTooLarge,
+    LocalError,
+    MissingChunks,
+    StorageClosed,
+    StorageFull,
+)
+from ringstore.storage.engine import (
+    DEFAULT_CHUNK_SIZE_BYTES,
+    DEFAULT_INLINE_MAX_BYTES,
+    DEFAULT_RING_SIZE,
+    DELETE,
+    SEGMENT_HASH_BYTES,
+    EngineStats,
+    RecordWrite,
+    StoredRecord,
+    UpdateFn,
+    check_chunk_hash,
+    check_engine_params,
+    check_meta_name,
+    check_name,
+    check_partition,
+    check_record_write,
+    check_segment,
+    object_key,
+    record_digest,
+    segment_of,
+    xor_digests,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAP_SIZE_BYTES = 64 * 1024**3  # address space, not disk: the file grows as written
+WRITE_QUEUE_OPS = 1024  # writers beyond this wait to enqueue: bounds memory under overload
+READ_THREADS = 4  # LMDB lookups are short; more threads would only contend for the cores
+FILE_THREADS = 8  # chunk file reads and writes mostly wait on the disk, so allow more
+UPLOAD_BUFFER_BYTES = 64 * 1024  # small streamed pieces are gathered: one thread hop per write
+MAX_CHUNK_FILE_BYTES = 64 * 1024**2  # a read never holds more, whatever a damaged file says
+ROW_PAGE = 1024  # chunk rows read per read transaction by sweep and scrub
+MAX_DBS = 8  # five named databases in use, room for more
+FORMAT_VERSION = 1
+FORMAT_KEY = b"\xffformat"
+CLEAN_KEY = b"\xffclean"
+ADOPT_BATCH_ROWS = 4096  # rows per transaction when adopting files: bounds its dirty pages
+ZERO_SEGMENT = bytes(SEGMENT_HASH_BYTES)
+
+_NEW, _RUNNING, _CLOSED = "new", "running", "closed"
+# What a look at one chunk found (`_look_at_chunk`).
+_OK, _ABSENT, _VANISHED, _CORRUPT = "ok", "absent", "vanished", "corrupt"
+
+
+@dataclass(frozen=True, slots=True)
+class _ChunkRow:
+    size: int
+    refcount: int
+    last_change: float
+    present: bool
+
+    def encode(self) -> bytes:
+        return cbor2.dumps([self.size, self.refcount, self.last_change, self.present])
+
+    @classmethod
+    def decode(cls, raw: bytes) -> _ChunkRow:
+        size, refcount, last_change, present = cbor2.loads(raw)
+        return cls(size, refcount, last_change, present)
+
+
+@dataclass(frozen=True, slots=True)
+class _Dbs:
+    objects: Any
+    chunks: Any
+    aae: Any
+    aae_keys: Any
+    meta: Any
+
+
+class _WriteOp:
+    """One queued write: `apply` runs on the writer thread; the caller waits on `done`."""
+
+    __slots__ = ("apply", "done", "result", "error", "abandoned")
+
+    def __init__(self, apply: Callable[[_Writer], Any]) -> None:
+        self.apply = apply
+        self.done = trio.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.abandoned = False
+
+    def finish(self, result: Any, error: BaseException | None) -> None:
+        self.result, self.error = result, error
+        self.done.set()
+
+
+class _Writer:
+    """One operation's access to the batch transaction, through its own savepoint.
+
+    It also counts what the operation changed, which `statistics` adds in once committed.
+    """
+
+    __slots__ = ("txn", "dbs", "now", "objects", "chunks", "chunk_bytes")
+
+    def __init__(self, txn: lmdb.Transaction, dbs: _Dbs, now: float) -> None:
+        self.txn = txn
+        self.dbs = dbs
+        self.now = now
+        self.objects = 0
+        self.chunks = 0
+        self.chunk_bytes = 0
+
+    def chunk_row(self, chunk: bytes) -> _ChunkRow | None:
+        raw = self.txn.get(chunk, db=self.dbs.chunks)
+        return None if raw is None else _ChunkRow.decode(raw)
+
+    def put_chunk_row(self, chunk: bytes, row: _ChunkRow) -> None:
+        self.txn.put(chunk, row.encode(), db=self.dbs.chunks)
+
+    def toggle_segment(self, segment_key: bytes, digest: bytes) -> None:
+        """XOR one record's digest into (or, the same call again, out of) its segment hash."""
+        old = self.txn.get(segment_key, db=self.dbs.aae) or ZERO_SEGMENT
+        new = xor_digests(old, digest)
+        if new == ZERO_SEGMENT:
+            self.txn.delete(segment_key, db=self.dbs.aae)
+        else:
+            self.txn.put(segment_key, new, db=self.dbs.aae)
+
+
+class _Upload:
+    """A chunk being received into a temporary file. Its methods run on worker threads."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.hasher = chunk_hasher()
+        self.size = 0
+        self.published = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.hasher.update(data)
+        view = memoryview(data).cast("B")
+        self.size += len(view)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+    def finish(self) -> bytes:
+        os.fsync(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+        return self.hasher.digest()
+
+    def discard(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.tmp_path.unlink(missing_ok=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _prefix(partition: int) -> bytes:
+    return partition.to_bytes(2, "big")
+
+
+def _segment_key(partition: int, segment: int) -> bytes:
+    return _prefix(partition) + segment.to_bytes(2, "big")
+
+
+def _encode_record(write: RecordWrite) -> bytes:
+    return cbor2.dumps([write.record, list(write.chunks)])
+
+
+def _decode_record(okey: bytes, raw: bytes) -> StoredRecord:
+    bucket_end = 1 + okey[0]
+    record, chunks = cbor2.loads(raw)
+    return StoredRecord(okey[1:bucket_end], okey[bucket_end:], record, tuple(chunks))
+
+
+def _prefix_successor(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key that starts with `prefix` (None: no such key)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+def _commit_error(exc: BaseException) -> LocalError:
+    """A fresh error per waiting operation (one exception object must not be raised twice)."""
+    if isinstance(exc, lmdb.MapFullError):
+        error: LocalError = StorageFull(f"the metadata store is full (map_size): {exc}")
+    else:
+        error = LocalError(f"metadata commit failed: {exc!r}")
+    error.__cause__ = exc
+    return error
+
+
+class LmdbStore:
+    """The storage engine of a real node: `<path>/meta.lmdb` plus chunk files under `<path>`.
+
+    Usage (the engine opens its files in `run`, and closes them when `run` is cancelled)::
+
+        store = LmdbStore(Path("data/node1"), ring_size=64)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            await store.put_record(b"bucket", b"key", b"record", [])
+            ...
+            await store.aclose()   # or cancel the nursery
+
+    `ring_size` is fixed when the directory is created (a different one later is refused);
+    `inline_max` is advisory (the coordinator decides what to inline); `chunk_size` bounds
+    `write_chunk`; `map_size` is LMDB's maximum size of the metadata file; `wall_clock`
+    stamps chunk rows for the sweeper. An engine runs once: to reopen the same directory,
+    make a new `LmdbStore`.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        ring_size: int = DEFAULT_RING_SIZE,
+        inline_max: int = DEFAULT_INLINE_MAX_BYTES,
+        chunk_size: int = DEFAULT_CHUNK_SIZE_BYTES,
+        map_size: int = DEFAULT_MAP_SIZE_BYTES,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        check_engine_params(ring_size, inline_max, chunk_size)
+        self.path = Path(path)
+        self.ring_size = ring_size
+        self.inline_max = inline_max
+        self.chunk_size = chunk_size
+        self.map_size = map_size
+        self._wall_clock = wall_clock
+        self._chunks_dir = self.path / "chunks"
+        self._tmp_dir = self.path / "tmp"
+        self._quarantine_dir = self.path / "quarantine"
+        self._state = _NEW
+        self._run_scope = trio.CancelScope()
+        self._closed = trio.Event()
+        self._lock_fd = -1
+        self._env: lmdb.Environment | None = None
+        self._dbs: _Dbs | None = None
+        self._page_size = 0
+        self._write_send: trio.MemorySendChannel[_WriteOp] | None = None
+        self._read_limiter: trio.CapacityLimiter | None = None
+        self._file_limiter: trio.CapacityLimiter | None = None
+        self._write_limiter: trio.CapacityLimiter | None = None
+        self._threads_busy = 0
+        self._threads_idle: trio.Event | None = None
+        self._hash_locks: dict[bytes, trio.Lock] = {}
+        self._known_dirs: set[Path] = set()
+        # Chunk files whose row may disagree with them (published, or their row deleted, with
+        # the other half not done yet or failed): while nonzero, a stop is not clean.
+        self._unsettled_files = 0
+        self._objects = 0
+        self._chunks = 0
+        self._chunk_bytes = 0
+        self._metadata_bytes = 0
+        self._commits = 0
+        self._operations_committed = 0
+        self._corrupt_chunks_found = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open the files, then commit queued writes until cancelled (or `aclose`)."""
+        if self._state != _NEW:
+            raise RuntimeError("an LmdbStore runs once; make a new one to reopen the directory")
+        self._state = _CLOSED  # until open succeeds, every call is refused
+        self._read_limiter = trio.CapacityLimiter(READ_THREADS)
+        self._file_limiter = trio.CapacityLimiter(FILE_THREADS)
+        self._write_limiter = trio.CapacityLimiter(1)
+        send, receive = trio.open_memory_channel[_WriteOp](WRITE_QUEUE_OPS)
+        try:
+            with self._run_scope:
+                await trio.to_thread.run_sync(self._open)
+                self._write_send = send
+                self._state = _RUNNING
+                log.info(
+                    "storage %s open: %d objects, %d chunks (%d bytes)",
+                    self.path,
+                    self._objects,
+                    self._chunks,
+                    self._chunk_bytes,
+                )
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._commit_loop, receive)
+                    task_status.started()
+        finally:
+            self._state = _CLOSED
+            with trio.CancelScope(shield=True):
+                await self._shut_down(send, receive)
+            self._closed.set()
+            log.info("storage %s closed", self.path)
+
+    async def aclose(self) -> None:
+        if self._state == _NEW:
+            self._state = _CLOSED
+            self._closed.set()
+            return
+        self._run_scope.cancel()
+        await self._closed.wait()
+
+    def _open(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            raise LocalError(f"storage {self.path} is in use by another engine") from None
+        for directory in (self._chunks_dir, self._tmp_dir, self._quarantine_dir):
+            directory.mkdir(exist_ok=True)
+        # Safe only because the lock above says no other engine is uploading here.
+        for leftover in self._tmp_dir.iterdir():
+            leftover.unlink()
+        _fsync_dir(self.path)
+        try:
+            env = lmdb.open(
+                str(self.path / "meta.lmdb"),
+                map_size=self.map_size,
+                max_dbs=MAX_DBS,
+                sync=True,
+                metasync=True,
+                readahead=False,  # random access to a file that may outgrow RAM
+            )
+        except lmdb.Error as exc:
+            raise LocalError(f"storage {self.path} cannot be opened: {exc}") from exc
+        try:
+            dbs = _Dbs(
+                *(
+                    env.open_db(name)
+                    for name in (b"objects", b"chunks", b"aae", b"aae_keys", b"meta")
+                )
+            )
+            with env.begin(write=True) as txn:
+                self._check_format(txn, dbs.meta)
+                clean = txn.pop(CLEAN_KEY, db=dbs.meta) is not None
+            if not clean:
+                adopted = self._adopt_files(env, dbs)
+                if adopted:
+                    log.warning(
+                        "storage %s: %d chunk files without a row after an unclean stop; "
+                        "the sweeper will delete those no record names",
+                        self.path,
+                        adopted,
+                    )
+            with env.begin() as txn:
+                self._objects = txn.stat(dbs.objects)["entries"]
+                for _, raw in txn.cursor(db=dbs.chunks):
+                    row = _ChunkRow.decode(raw)
+                    if row.present:
+                        self._chunks += 1
+                        self._chunk_bytes += row.size
+        except BaseException:
+            env.close()
+            raise
+        self._env, self._dbs = env, dbs
+        self._page_size = env.stat()["psize"]
+        self._metadata_bytes = (env.info()["last_pgno"] + 1) * self._page_size
+
+    def _adopt_files(self, env: lmdb.Environment, dbs: _Dbs) -> int:
+        """Give every chunk file without a present row one; return how many (see Recovery)."""
+        now = float(self._wall_clock())
+        adopted = 0
+        txn = env.begin(write=True)
+        try:
+            for chunk, size in self._chunk_files():
+                raw = txn.get(chunk, db=dbs.chunks)
+                row = _ChunkRow(size, 0, now, False) if raw is None else _ChunkRow.decode(raw)
+                if row.present:
+                    continue
+                txn.put(
+                    chunk,
+                    replace(row, size=size, last_change=now, present=True).encode(),
+                    db=dbs.chunks,
+                )
+                adopted += 1
+                if adopted % ADOPT_BATCH_ROWS == 0:
+                    txn.commit()
+                    txn = env.begin(write=True)
+            txn.commit()
+        except BaseException:
+            txn.abort()
+            raise
+        return adopted
+
+    def _chunk_files(self) -> Iterator[tuple[bytes, int]]:
+        """(hash, size) of every file under chunks/ named as a chunk file is."""
+        for first in sorted(self._chunks_dir.iterdir()):
+            for second in sorted(first.iterdir()) if first.is_dir() else ():
+                for file in sorted(second.iterdir()) if second.is_dir() else ():
+                    name = file.name
+                    if len(name) != 64 or name[:2] != first.name or name[2:4] != second.name:
+                        continue
+                    try:
+                        yield bytes.fromhex(name), file.stat().st_size
+                    except ValueError:
+                        continue
+
+    def _check_format(self, txn: lmdb.Transaction, meta_db: Any) -> None:
+        raw = txn.get(FORMAT_KEY, db=meta_db)
+        if raw is None:
+            fmt = {"version": FORMAT_VERSION, "ring_size": self.ring_size}
+            txn.put(FORMAT_KEY, cbor2.dumps(fmt), db=meta_db)
+            return
+        fmt = cbor2.loads(raw)
+        if fmt.get("version") != FORMAT_VERSION:
+            raise LocalError(f"{self.path}: storage format {fmt.get('version')!r} is unknown")
+        if fmt.get("ring_size") != self.ring_size:
+            raise LocalError(
+                f"{self.path} holds a ring of {fmt.get('ring_size')} partitions; "
+                f"this engine was given ring_size={self.ring_size}"
+            )
+
+    async def _shut_down(
+        self, send: trio.MemorySendChannel[_WriteOp], receive: trio.MemoryReceiveChannel[_WriteOp]
+    ) -> None:
+        send.close()  # writers blocked on a full queue wake with ClosedResourceError
+        while True:
+            try:
+                op = receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            op.finish(None, StorageClosed("the storage engine closed before this write committed"))
+        receive.close()
+        while self._threads_busy:
+            self._threads_idle = trio.Event()
+            await self._threads_idle.wait()
+        if self._env is not None:
+            await trio.to_thread.run_sync(self._close_env, not self._unsettled_files)
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the directory lock
+            self._lock_fd = -1
+
+    def _close_env(self, clean: bool) -> None:
+        assert self._env is not None and self._dbs is not None
+        try:
+            if clean:
+                with self._env.begin(write=True) as txn:
+                    txn.put(CLEAN_KEY, b"", db=self._dbs.meta)
+        except lmdb.Error:
+            log.exception("storage %s: cannot record a clean stop", self.path)
+        finally:
+            self._env.close()
+
+    def _check_running(self) -> None:
+        if self._state != _RUNNING:
+            raise StorageClosed(f"storage {self.path} is not running")
+
+    async def _thread(
+        self,
+        limiter: trio.CapacityLimiter | None,
+        fn: Callable[..., Any],
+        *args: Any,
+        check: bool = True,
+    ) -> Any:
+        """Run `fn` on a worker thread; the engine closes only after every such call returns."""
+        if check:
+            self._check_running()
+        self._threads_busy += 1
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+        finally:
+            self._threads_busy -= 1
+            if not self._threads_busy and self._threads_idle is not None:
+                self._threads_idle.set()
+
+    async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn(txn, *args)` in a read transaction on a worker thread."""
+        return await self._thread(self._read_limiter, self._in_read_txn, fn, *args)
+
+    def _in_read_txn(self, fn: Callable[..., Any], *args: Any) -> Any:
+        assert self._env is not None
+        with self._env.begin() as txn:
+            return fn(txn, *args)
+
+    async def _file(self, fn: Callable[..., Any], *args: Any, check: bool = True) -> Any:
+        return await self._thread(self._file_limiter, fn, *args, check=check)
+
+    # -- group commit ----------------------------------------------------------------------
+
+    async def _submit(self, apply: Callable[[_Writer], Any]) -> Any:
+        """Queue a write; return its result once its batch is durable (or raise its error).
+
+        A caller cancelled while waiting does not learn the outcome: the write may commit.
+        """
+        self._check_running()
+        assert self._write_send is not None
+        op = _WriteOp(apply)
+        try:
+            await self._write_send.send(op)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise StorageClosed(f"storage {self.path} closed") from None
+        try:
+            await op.done.wait()
+        except trio.Cancelled:
+            op.abandoned = True
+            raise
+        if op.error is not None:
+            raise op.error
+        return op.result
+
+    async def _commit_loop(self, receive: trio.MemoryReceiveChannel[_WriteOp]) -> None:
+        async for first in receive:
+            batch = [first]
+            while True:
+                try:
+                    batch.append(receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            batch = [op for op in batch if not op.abandoned]
+            if batch:
+                await self._commit(batch)
+
+    async def _commit(self, batch: list[_WriteOp]) -> None:
+        now = float(self._wall_clock())
+        try:
+            outcomes, metadata_bytes = await trio.to_thread.run_sync(
+                self._commit_batch, batch, now, limiter=self._write_limiter
+            )
+        except Exception as exc:
+            log.exception("storage %s: a commit of %d writes failed", self.path, len(batch))
+            for op in batch:
+                op.finish(None, _commit_error(exc))
+            return
+        self._commits += 1
+        self._metadata_bytes = metadata_bytes
+        for op, result, error, writer in outcomes:
+            if writer is not None:
+                self._operations_committed += 1
+                self._objects += writer.objects
+                self._chunks += writer.chunks
+                self._chunk_bytes += writer.chunk_bytes
+            op.finish(result, error)
+
+    def _commit_batch(
+        self, batch: list[_WriteOp], now: float
+    ) -> tuple[list[tuple[_WriteOp, Any, BaseException | None, _Writer | None]], int]:
+        """Apply every operation under its own savepoint, then commit them all at once."""
+        assert self._env is not None and self._dbs is not None
+        outcomes: list[tuple[_WriteOp, Any, BaseException | None, _Writer | None]] = []
+        txn = self._env.begin(write=True)
+        try:
+            for op in batch:
+                savepoint = self._env.begin(write=True, parent=txn)
+                writer = _Writer(savepoint, self._dbs, now)
+                try:
+                    result = op.apply(writer)
+                    savepoint.commit()
+                except Exception as exc:
+                    savepoint.abort()
+                    if isinstance(exc, lmdb.MapFullError):
+                        exc = _commit_error(exc)
+                    outcomes.append((op, None, exc, None))
+                else:
+                    outcomes.append((op, result, None, writer))
+            txn.commit()
+        except BaseException:
+            txn.abort()
+            raise
+        return outcomes, (self._env.info()["last_pgno"] + 1) * self._page_size
+
+    # -- records ---------------------------------------------------------------------------
+
+    async def update(self, bucket: bytes, key: bytes, fn: UpdateFn) -> StoredRecord | None:
+        check_name(bucket, key)
+        if not callable(fn) or inspect.iscoroutinefunction(fn):
+            raise TypeError("update needs a plain (not async) function of the current record")
+        return await self._submit(partial(self._apply_update, bucket=bucket, key=key, fn=fn))
+
+    async def put_record(
+        self, bucket: bytes, key: bytes, record: bytes, chunks: Sequence[bytes]
+    ) -> None:
+        check_name(bucket, key)
+        write = check_record_write(RecordWrite(record, tuple(chunks)))
+        await self._submit(
+            partial(self._apply_update, bucket=bucket, key=key, fn=lambda _current: write)
+        )
+
+    async def delete_record(self, bucket: bytes, key: bytes) -> None:
+        check_name(bucket, key)
+        await self._submit(
+            partial(self._apply_update, bucket=bucket, key=key, fn=lambda _current: DELETE)
+        )
+
+    def _apply_update(
+        self, writer: _Writer, *, bucket: bytes, key: bytes, fn: UpdateFn
+    ) -> StoredRecord | None:
+        partition = partition_of(bucket, key, self.ring_size)
+        okey = object_key(bucket, key)
+        full_key = _prefix(partition) + okey
+        objects_db = writer.dbs.objects
+        raw = writer.txn.get(full_key, db=objects_db)
+        current = None if raw is None else _decode_record(okey, raw)
+        wanted = fn(current)
+        if wanted is None:
+            return current
+        segment = segment_of(bucket, key)
+        segment_key = _segment_key(partition, segment)
+        if wanted is DELETE:
+            if current is not None:
+                self._release(writer, set(current.chunks))
+                writer.txn.delete(full_key, db=objects_db)
+                writer.txn.delete(segment_key + okey, db=writer.dbs.aae_keys)
+                writer.toggle_segment(segment_key, record_digest(bucket, key, current.record))
+                writer.objects -= 1
+            return None
+        wanted = check_record_write(wanted)
+        old_refs = set(current.chunks) if current is not None else set()
+        new_refs = set(wanted.chunks)
+        rows = {chunk: writer.chunk_row(chunk) for chunk in new_refs}
+        missing = {chunk for chunk, row in rows.items() if row is None or not row.present}
+        if missing:
+            raise MissingChunks(missing)
+        for chunk in new_refs - old_refs:
+            row = rows[chunk]
+            assert row is not None
+            writer.put_chunk_row(
+                chunk, replace(row, refcount=row.refcount + 1, last_change=writer.now)
+            )
+        self._release(writer, old_refs - new_refs)
+        writer.txn.put(full_key, _encode_record(wanted), db=objects_db)
+        if current is None:
+            writer.txn.put(segment_key + okey, b"", db=writer.dbs.aae_keys)
+            writer.objects += 1
+        else:
+            writer.toggle_segment(segment_key, record_digest(bucket, key, current.record))
+        writer.toggle_segment(segment_key, record_digest(bucket, key, wanted.record))
+        return StoredRecord(bucket, key, wanted.record, tuple(wanted.chunks))
+
+    @staticmethod
+    def _release(writer: _Writer, chunks: set[bytes]) -> None:
+        for chunk in chunks:
+            row = writer.chunk_row(chunk)
+            # A referenced chunk always has a row (rows are deleted only at refcount 0).
+            if row is not None:
+                writer.put_chunk_row(
+                    chunk, replace(row, refcount=row.refcount - 1, last_change=writer.now)
+                )
+
+    async def get_record(self, bucket: bytes, key: bytes) -> StoredRecord | None:
+        check_name(bucket, key)
+        okey = object_key(bucket, key)
+        full_key = _prefix(partition_of(bucket, key, self.ring_size)) + okey
+        raw = await self._read(lambda txn: txn.get(full_key, db=self._dbs.objects))
+        return None if raw is None else _decode_record(okey, raw)
+
+    async def scan_partition(
+        self, partition: int, *, batch: int = 256
+    ) -> AsyncIterator[list[StoredRecord]]:
+        check_partition(partition, self.ring_size)
+        if batch < 1:
+            raise ValueError(f"batch must be positive: {batch}")
+        prefix = _prefix(partition)
+        start = prefix
+        while True:
+            page = await self._read(self._scan_page, prefix, start, batch)
+            if not page:
+                return
+            yield [record for _, record in page]
+            if len(page) < batch:
+                return
+            start = page[-1][0] + b"\0"  # the smallest key after the last one seen
+
+    def _scan_page(
+        self, txn: lmdb.Transaction, prefix: bytes, start: bytes, limit: int
+    ) -> list[tuple[bytes, StoredRecord]]:
+        cursor = txn.cursor(db=self._dbs.objects)
+        page: list[tuple[bytes, StoredRecord]] = []
+        found = cursor.set_range(start)
+        while found and len(page) < limit:
+            full_key = cursor.key()
+            if not full_key.startswith(prefix):
+                break
+            page.append((full_key, _decode_record(full_key[2:], cursor.value())))
+            found = cursor.next()
+        return page
+
+    async def segment_hashes(self, partition: int) -> dict[int, bytes]:
+        check_partition(partition, self.ring_size)
+        return await self._read(self._segment_hashes, _prefix(partition))
+
+    def _segment_hashes(self, txn: lmdb.Transaction, prefix: bytes) -> dict[int, bytes]:
+        hashes: dict[int, bytes] = {}
+        for segment_key, digest in self._prefixed(txn, self._dbs.aae, prefix):
+            hashes[int.from_bytes(segment_key[2:4], "big")] = digest
+        return hashes
+
+    async def segment_records(self, partition: int, segment: int) -> list[StoredRecord]:
+        check_partition(partition, self.ring_size)
+        check_segment(segment)
+        return await self._read(self._segment_records, partition, segment)
+
+    def _segment_records(
+        self, txn: lmdb.Transaction, partition: int, segment: int
+    ) -> list[StoredRecord]:
+        prefix = _prefix(partition)
+        records: list[StoredRecord] = []
+        for index_key, _ in self._prefixed(
+            txn, self._dbs.aae_keys, _segment_key(partition, segment)
+        ):
+            okey = index_key[4:]
+            records.append(_decode_record(okey, txn.get(prefix + okey, db=self._dbs.objects)))
+        return records
+
+    @staticmethod
+    def _prefixed(txn: lmdb.Transaction, db: Any, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        cursor = txn.cursor(db=db)
+        if not cursor.set_range(prefix):
+            return
+        for item_key, value in cursor:
+            if not item_key.startswith(prefix):
+                return
+            yield item_key, value
+
+    async def list_buckets(self) -> list[bytes]:
+        return await self._read(self._list_buckets)
+
+    def _list_buckets(self, txn: lmdb.Transaction) -> list[bytes]:
+        """Every bucket, visiting one key per (partition, bucket) by skipping past the rest."""
+        buckets: set[bytes] = set()
+        cursor = txn.cursor(db=self._dbs.objects)
+        found = cursor.first()
+        while found:
+            full_key = cursor.key()
+            bucket_end = 3 + full_key[2]
+            buckets.add(full_key[3:bucket_end])
+            successor = _prefix_successor(full_key[:bucket_end])
+            found = successor is not None and cursor.set_range(successor)
+        return sorted(buckets)
+
+    # -- chunks ----------------------------------------------------------------------------
+
+    def _chunk_path(self, chunk: bytes) -> Path:
+        name = chunk.hex()
+        return self._chunks_dir / name[:2] / name[2:4] / name
+
+    @asynccontextmanager
+    async def _hash_lock(self, chunk: bytes) -> AsyncIterator[None]:
+        lock = self._hash_locks.setdefault(chunk, trio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            self._forget_lock(chunk, lock)
+
+    def _forget_lock(self, chunk: bytes, lock: trio.Lock) -> None:
+        if (
+            not lock.locked()
+            and not lock.statistics().tasks_waiting
+            and self._hash_locks.get(chunk) is lock
+        ):
+            del self._hash_locks[chunk]
+
+    async def write_chunk(
+        self,
+        data: bytes | bytearray | memoryview | AsyncIterator[bytes],
+        expected: bytes | None = None,
+    ) -> bytes:
+        """Store one chunk durably and return its hash.
+
+        `data` is the whole chunk or an async iterator of its pieces (written as they come,
+        never joined). `ChunkTooLarge` past `chunk_size`; `ChunkCorrupt` if the bytes do not
+        hash to `expected`. Either way nothing is stored.
+        """
+        self._check_running()
+        if expected is not None:
+            check_chunk_hash(expected)
+        whole = isinstance(data, bytes | bytearray | memoryview)
+        if whole:
+            size = memoryview(data).nbytes
+            if size > self.chunk_size:
+                raise ChunkTooLarge(size, self.chunk_size)
+        elif not hasattr(data, "__aiter__"):
+            raise TypeError("write_chunk takes bytes or an async iterator of bytes")
+        tmp_path = self._tmp_dir / f"{secrets.token_hex(8)}.tmp"
+        upload: _Upload = await self._file(_Upload, tmp_path)
+        try:
+            if whole:
+                await self._file(upload.write, data)
+            else:
+                await self._receive_pieces(upload, data)
+            digest = await self._file(upload.finish)
+            if expected is not None and digest != expected:
+                raise ChunkCorrupt(expected, f"the bytes received hash to {digest.hex()}")
+            async with self._hash_lock(digest):
+                # Shielded: a file published without its row waits for the next unclean start.
+                with trio.CancelScope(shield=True):
+                    self._unsettled_files += 1
+                    await self._file(self._publish, upload, digest)
+                    await self._submit(
+                        partial(self._apply_register, chunk=digest, size=upload.size)
+                    )
+                    self._unsettled_files -= 1
+            return digest
+        finally:
+            if not upload.published:
+                with trio.CancelScope(shield=True):
+                    await self._file(upload.discard, check=False)
+
+    async def _receive_pieces(self, upload: _Upload, pieces: AsyncIterator[bytes]) -> None:
+        buffer = bytearray()
+        size = 0
+        async for piece in pieces:
+            if not isinstance(piece, bytes | bytearray | memoryview):
+                raise TypeError(f"chunk pieces are bytes, not {type(piece).__name__}")
+            size += memoryview(piece).nbytes
+            if size > self.chunk_size:
+                raise ChunkTooLarge(size, self.chunk_size)
+            buffer += piece
+            if len(buffer) >= UPLOAD_BUFFER_BYTES:
+                await self._file(upload.write, buffer)
+                buffer = bytearray()
+        if buffer:
+            await self._file(upload.write, buffer)
+
+    def _publish(self, upload: _Upload, chunk: bytes) -> None:
+        final = self._chunk_path(chunk)
+        self._ensure_dir(final.parent)
+        os.rename(upload.tmp_path, final)
+        upload.published = True
+        _fsync_dir(final.parent)
+
+    def _ensure_dir(self, directory: Path) -> None:
+        """Create chunks/ab/cd as needed, each new directory made durable in its parent."""
+        if directory in self._known_dirs:
+            return
+        for level in (directory.parent, directory):
+            try:
+                level.mkdir()
+            except FileExistsError:
+                continue
+            _fsync_dir(level.parent)
+        self._known_dirs.add(directory)
+
+    @staticmethod
+    def _apply_register(writer: _Writer, *, chunk: bytes, size: int) -> None:
+        row = writer.chunk_row(chunk)
+        if row is None:
+            row = _ChunkRow(size, 0, writer.now, False)
+        if not row.present:
+            writer.chunks += 1
+            writer.chunk_bytes += size
+        # Writing a chunk again restarts its grace: an upload may be about to name it.
+        writer.put_chunk_row(chunk, replace(row, size=size, last_change=writer.now, present=True))
+
+    @staticmethod
+    def _apply_mark_missing(writer: _Writer, *, chunk: bytes) -> None:
+        row = writer.chunk_row(chunk)
+        if row is not None and row.present:
+            writer.chunks -= 1
+            writer.chunk_bytes -= row.size
+            writer.put_chunk_row(chunk, replace(row, present=False))
+
+    async def missing_chunks(self, hashes: Sequence[bytes]) -> frozenset[bytes]:
+        wanted = list(hashes)
+        for chunk in wanted:
+            check_chunk_hash(chunk)
+        return await self._read(self._missing, wanted)
+
+    def _missing(self, txn: lmdb.Transaction, hashes: list[bytes]) -> frozenset[bytes]:
+        missing = set()
+        for chunk in hashes:
+            raw = txn.get(chunk, db=self._dbs.chunks)
+            if raw is None or not _ChunkRow.decode(raw).present:
+                missing.add(chunk)
+        return frozenset(missing)
+
+    async def read_chunk(self, chunk_hash: bytes) -> bytes:
+        """The chunk's bytes, verified against its hash on every read.
+
+        `ChunkMissing` if this engine does not hold it; `ChunkCorrupt` if the file does not
+        match (the file is then quarantined and the chunk counts as missing from now on).
+        """
+        check_chunk_hash(chunk_hash)
+        status, data = await self._file(self._look_at_chunk, chunk_hash)
+        if status in (_VANISHED, _CORRUPT):
+            status, data = await self._confirm_bad(chunk_hash)
+        if status == _OK:
+            return data
+        if status == _CORRUPT:
+            raise ChunkCorrupt(chunk_hash, "the file was quarantined")
+        raise ChunkMissing(chunk_hash)
+
+    def _look_at_chunk(self, chunk: bytes) -> tuple[str, bytes | None]:
+        assert self._env is not None
+        with self._env.begin() as txn:
+            raw = txn.get(chunk, db=self._dbs.chunks)
+        if raw is None or not _ChunkRow.decode(raw).present:
+            return _ABSENT, None
+        try:
+            with open(self._chunk_path(chunk), "rb") as file:
+                data = file.read(max(self.chunk_size, MAX_CHUNK_FILE_BYTES) + 1)
+        except FileNotFoundError:
+            return _VANISHED, None
+        except OSError as exc:
+            raise LocalError(f"chunk {chunk.hex()} cannot be read: {exc}") from exc
+        if chunk_hash(data) != chunk:
+            return _CORRUPT, None
+        return _OK, data
+
+    async def _confirm_bad(self, chunk: bytes) -> tuple[str, bytes | None]:
+        """Look again under the chunk's lock; quarantine and mark it missing if still bad.
+
+        Returns what the second look found: _OK (repaired meanwhile) with the bytes, _ABSENT
+        (quarantined or swept meanwhile), or _CORRUPT / _VANISHED, now dealt with.
+        """
+        async with self._hash_lock(chunk):
+            status, data = await self._file(self._look_at_chunk, chunk)
+            if status in (_OK, _ABSENT):
+                return status, data
+            if status == _CORRUPT:
+                await self._file(self._quarantine, chunk)
+            await self._submit(partial(self._apply_mark_missing, chunk=chunk))
+            self._corrupt_chunks_found += 1
+            log.warning("storage %s: chunk %s is %s", self.path, chunk.hex(), status)
+            return status, None
+
+    def _quarantine(self, chunk: bytes) -> None:
+        target = self._quarantine_dir / f"{chunk.hex()}.{secrets.token_hex(4)}"
+        try:
+            os.rename(self._chunk_path(chunk), target)
+        except FileNotFoundError:
+            pass
+
+    async def _chunk_rows(self) -> AsyncIterator[list[tuple[bytes, _ChunkRow]]]:
+        """Every chunk row, a page per read transaction."""
+        start = b""
+        while True:
+            page = await self._read(self._chunk_page, start)
+            if not page:
+                return
+            yield page
+            start = page[-1][0] + b"\0"
+
+    def _chunk_page(self, txn: lmdb.Transaction, start: bytes) -> list[tuple[bytes, _ChunkRow]]:
+        cursor = txn.cursor(db=self._dbs.chunks)
+        page: list[tuple[bytes, _ChunkRow]] = []
+        found = cursor.set_range(start)
+        while found and len(page) < ROW_PAGE:
+            page.append((cursor.key(), _ChunkRow.decode(cursor.value())))
+            found = cursor.next()
+        return page
+
+    async def sweep(self, grace_s: float) -> int:
+        """Delete chunks unreferenced for at least `grace_s` seconds; return how many.
+
+        A chunk being written, read or quarantined right now is left for the next sweep.
+        """
+        if grace_s < 0:
+            raise ValueError(f"grace_s must not be negative: {grace_s}")
+        self._check_running()
+        cutoff = float(self._wall_clock()) - grace_s
+        deleted = 0
+        async for page in self._chunk_rows():
+            candidates = [
+                chunk for chunk, row in page if row.refcount == 0 and row.last_change <= cutoff
+            ]
+            locks: dict[bytes, trio.Lock] = {}
+            try:
+                for chunk in candidates:
+                    lock = self._hash_locks.setdefault(chunk, trio.Lock())
+                    try:
+                        lock.acquire_nowait()
+                    except trio.WouldBlock:
+                        continue
+                    locks[chunk] = lock
+                if locks:
+                    # Shielded: rows deleted without their files would leave orphan files.
+                    with trio.CancelScope(shield=True):
+                        self._unsettled_files += 1
+                        try:
+                            gone = await self._submit(
+                                partial(self._apply_sweep, chunks=list(locks), cutoff=cutoff)
+                            )
+                        except BaseException:
+                            self._unsettled_files -= 1  # no row was deleted
+                            raise
+                        await self._file(self._unlink_chunks, gone, check=False)
+                        self._unsettled_files -= 1
+                    deleted += len(gone)
+            finally:
+                for chunk, lock in locks.items():
+                    lock.release()
+                    self._forget_lock(chunk, lock)
+        return deleted
+
+    @staticmethod
+    def _apply_sweep(writer: _Writer, *, chunks: list[bytes], cutoff: float) -> list[bytes]:
+        gone = []
+        for chunk in chunks:
+            row = writer.chunk_row(chunk)
+            # Checked again: a record may have named it, or an upload rewritten it, meanwhile.
+            if row is None or row.refcount or row.last_change > cutoff:
+                continue
+            writer.txn.delete(chunk, db=writer.dbs.chunks)
+            if row.present:
+                writer.chunks -= 1
+                writer.chunk_bytes -= row.size
+            gone.append(chunk)
+        return gone
+
+    def _unlink_chunks(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self._chunk_path(chunk).unlink(missing_ok=True)
+
+    async def scrub(self, bytes_per_s: float) -> list[bytes]:
+        """Re-verify every chunk, reading at most `bytes_per_s` on average.
+
+        Returns the chunks found corrupt (quarantined) or whose file vanished; each is then
+        missing here until written again.
+        """
+        if not bytes_per_s > 0:
+            raise ValueError(f"bytes_per_s must be positive: {bytes_per_s}")
+        self._check_running()
+        bad: list[bytes] = []
+        async for page in self._chunk_rows():
+            for chunk, row in page:
+                if not row.present:
+                    continue
+                status, _ = await self._file(self._look_at_chunk, chunk)
+                if status in (_VANISHED, _CORRUPT):
+                    status, _ = await self._confirm_bad(chunk)
+                    if status in (_VANISHED, _CORRUPT):
+                        bad.append(chunk)
+                await trio.sleep(row.size / bytes_per_s)
+        return bad
+
+    # -- meta and statistics ---------------------------------------------------------------
+
+    async def get_meta(self, name: str) -> bytes | None:
+        stored_name = check_meta_name(name)
+        return await self._read(lambda txn: txn.get(stored_name, db=self._dbs.meta))
+
+    async def put_meta(self, name: str, value: bytes) -> None:
+        stored_name = check_meta_name(name)
+        if not isinstance(value, bytes):
+            raise TypeError("a meta value is bytes")
+
+        def apply(writer: _Writer) -> None:
+            writer.txn.put(stored_name, value, db=writer.dbs.meta)
+
+        await self._submit(apply)
+
+    def statistics(self) -> EngineStats:
+        return EngineStats(
+            objects=self._objects,
+            chunks=self._chunks,
+            chunk_bytes=self._chunk_bytes,
+            metadata_bytes=self._metadata_bytes,
+            commits=self._commits,
+            operations_committed=self._operations_committed,
+            corrupt_chunks_found=self._corrupt_chunks_found,
+        )
