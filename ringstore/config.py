@@ -1,4 +1,4 @@
-"""Node configuration: frozen dataclasses read from TOML, every option with a default and a reason."""
+"""Node configuration: frozen dataclasses read from TOML, every option with default and reason."""
 
 from __future__ import annotations
 
@@ -36,6 +36,15 @@ class StorageConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """Mutual TLS between peers: every node presents a certificate signed by `ca_file`."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+@dataclass(frozen=True, slots=True)
 class PeerAddress:
     name: str
     host: str
@@ -58,6 +67,8 @@ class NodeConfig:
     secret_file: Path | None = None
     members: tuple[PeerAddress, ...] = ()
     storage: StorageConfig = field(default_factory=StorageConfig)
+    # Without it peers still prove the cluster secret, but traffic is not encrypted.
+    tls: TlsConfig | None = None
 
     def __post_init__(self) -> None:
         if self.ring_size < 8 or self.ring_size > 1024 or self.ring_size & (self.ring_size - 1):
@@ -94,7 +105,10 @@ def load_config(path: Path) -> NodeConfig:
     node["members"] = tuple(
         _build(PeerAddress, dict(member), "[[members]]") for member in raw.get("members", [])
     )
-    extra = sorted(set(raw) - {"node", "storage", "members"})
+    if "tls" in raw:
+        tls = {name: (base / value).resolve() for name, value in dict(raw["tls"]).items()}
+        node["tls"] = _build(TlsConfig, tls, "[tls]")
+    extra = sorted(set(raw) - {"node", "storage", "members", "tls"})
     if extra:
         raise ConfigError(f"{path}: unknown section(s): {', '.join(extra)}")
     return _build(NodeConfig, node, "[node]")

@@ -151,3 +151,9 @@ class CorruptRecord(LocalError, ValueError):
 
 class RingError(BadRequest, ValueError):
     """A ring, ring size, member list or preference-list request that is malformed or invalid."""
+
+
+class RequestTimeout(RingstoreError):
+    """A request did not finish within its `timeout` (Riak: 503 "request timed out")."""
+
+    http_status = 503

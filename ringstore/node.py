@@ -21,7 +21,12 @@ from ringstore.core.ring import Ring
 from ringstore.errors import ProtocolError, RingstoreError
 from ringstore.net.liveness import Liveness
 from ringstore.net.rpc import PeerService
-from ringstore.net.transport import TcpTransport, Transport
+from ringstore.net.transport import (
+    TcpTransport,
+    Transport,
+    client_ssl_context,
+    server_ssl_context,
+)
 from ringstore.storage.engine import StorageEngine
 from ringstore.storage.lmdb_store import LmdbStore
 
@@ -61,7 +66,7 @@ class Node:
         if not secret:
             raise ConfigError("the cluster secret is empty")
         self._secret = secret
-        self.transport = transport or TcpTransport(config.peer_host, config.peer_port)
+        self.transport = transport or _tcp_transport(config)
         self.storage = storage or LmdbStore(
             config.data_dir / "store",
             ring_size=config.ring_size,
@@ -210,6 +215,19 @@ class Node:
             "ringstore_commits_total": engine.commits,
             "ringstore_corrupt_chunks_found": engine.corrupt_chunks_found,
         }
+
+
+def _tcp_transport(config: NodeConfig) -> TcpTransport:
+    if config.tls is None:
+        return TcpTransport(config.peer_host, config.peer_port)
+    files = (str(config.tls.ca_file), str(config.tls.cert_file), str(config.tls.key_file))
+    try:
+        server, client = server_ssl_context(*files), client_ssl_context(*files)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"[tls]: {exc}") from None
+    return TcpTransport(
+        config.peer_host, config.peer_port, server_ssl_context=server, client_ssl_context=client
+    )
 
 
 async def _close_on_cancel(storage: StorageEngine) -> None:

@@ -36,6 +36,7 @@ from ringstore.errors import (
     MissingChunks,
     NotFound,
     QuorumError,
+    RequestTimeout,
     RingstoreError,
 )
 
@@ -462,10 +463,13 @@ class Coordinator:
             raise QuorumError("w", 0, options.w, "no replica holds the value")
         lww = props.last_write_wins
         coordinator = next((t for t in targets if t.node == self.node), targets[0])
-        with trio.fail_after(options.timeout_ms / 1000):
-            new = await self._clients(coordinator.node).coordinate_put(
-                bucket, key, content, context, lww
-            )
+        try:
+            with trio.fail_after(options.timeout_ms / 1000):
+                new = await self._clients(coordinator.node).coordinate_put(
+                    bucket, key, content, context, lww
+                )
+        except trio.TooSlowError:
+            raise RequestTimeout(f"request timed out at coordinator {coordinator.node}") from None
         core = PutCore(
             options.n,
             options.w,

@@ -9,7 +9,7 @@ from typing import Any
 
 import trio
 
-from ringstore.config import NodeConfig, PeerAddress, StorageConfig
+from ringstore.config import NodeConfig, PeerAddress, StorageConfig, TlsConfig
 from ringstore.coord.api import WriteMeta
 from ringstore.net.memnet import MemoryNetwork
 from ringstore.node import Node
@@ -36,6 +36,7 @@ class Cluster:
         network: MemoryNetwork | None = None,
         storage: StorageConfig | None = None,
         ring_size: int = 16,
+        tls: TlsConfig | None = None,
     ) -> None:
         self.nursery = nursery
         self.network = network
@@ -51,6 +52,7 @@ class Cluster:
                 ring_size=ring_size,
                 members=members,
                 storage=storage or StorageConfig(inline_max=1024, chunk_size=4096),
+                tls=tls,
             )
             for name in self.names
         }
