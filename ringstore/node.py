@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -19,6 +21,7 @@ from ringstore.core import versions
 from ringstore.core.props import BucketProps
 from ringstore.core.ring import Ring
 from ringstore.errors import ProtocolError, RingstoreError
+from ringstore.http.server import listener_port, serve_http
 from ringstore.net.liveness import Liveness
 from ringstore.net.rpc import PeerService
 from ringstore.net.transport import (
@@ -149,12 +152,66 @@ class Node:
         )
         await nursery.start(self.coordinator.run)
         if self._serve_http:
-            from ringstore.http.server import serve_http
-
             log.info("%s: starting HTTP", self.name)
-            self.http_address = await nursery.start(
-                serve_http, self.coordinator, self.config.http_host, self.config.http_port
+            listeners = await nursery.start(
+                functools.partial(
+                    serve_http,
+                    self.coordinator,
+                    self.config.http_host,
+                    self.config.http_port,
+                    node_name=self.name,
+                    wall_clock=self._wall_clock,
+                    rng=random.Random(self._rng.getrandbits(64)),
+                )
             )
+            self.http_address = (self.config.http_host, listener_port(listeners[0]))
+        # ---- admin console (ringstore/admin, issue 5): the `ringstore attach` socket ----------
+        # Like HTTP it is a client-facing socket, so it runs exactly when HTTP does (not in the
+        # simulator). It sees the node only through this handle.
+        if self._serve_http:
+            from ringstore.admin import ADMIN_SOCKET_NAME
+            from ringstore.admin.commands import AdminHandle
+            from ringstore.admin.server import serve_admin
+
+            admin = AdminHandle(
+                kv=self.coordinator,
+                ring=lambda: self.ring,
+                members=self._admin_members,
+                stop=self.stop,
+                status=self._admin_status,
+            )
+            log.info("%s: starting admin console", self.name)
+            self.admin_socket = await nursery.start(
+                serve_admin, admin, self.config.data_dir / ADMIN_SOCKET_NAME
+            )
+        # ---- end admin console -------------------------------------------------------------
+
+    # ---- admin console accessors (ringstore/admin, issue 5) -----------------------------------
+
+    def _admin_members(self) -> dict[str, bool]:
+        """Every member, this node included, and whether this node sees it up."""
+        up = self.liveness.up_nodes()
+        names = set(self.ring.members) | set(self.addresses) | {self.name}
+        return {name: name in up for name in names}
+
+    def _admin_status(self) -> dict[str, str]:
+        """Node facts for the console's `status`, as text."""
+
+        def text(address: Any) -> str:
+            if isinstance(address, list) and address:  # serve_http's listeners
+                address = address[0].socket.getsockname()
+            if isinstance(address, tuple) and len(address) >= 2:
+                return f"{address[0]}:{address[1]}"
+            return str(address)
+
+        return {
+            "pid": str(os.getpid()),
+            "http": text(self.http_address),
+            "peer": text(self.peer_address),
+            "data_dir": str(self.config.data_dir),
+        }
+
+    # ---- end admin console accessors -------------------------------------------------------
 
     async def _epoch(self) -> bytes:
         """This data directory's epoch: new whenever the node starts without its data (KV679)."""

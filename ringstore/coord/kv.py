@@ -27,7 +27,7 @@ from ringstore.core.hashing import chunk_hash
 from ringstore.core.props import BucketProps, RequestOptions, resolve_options
 from ringstore.core.quorum import Absent, Failed, Found, GetCore, PutCore
 from ringstore.core.ring import Ring, Target
-from ringstore.core.versions import Content, Object, VersionVector
+from ringstore.core.versions import Content, Entry, Object, VersionVector
 from ringstore.errors import (
     BadRequest,
     ChunkCorrupt,
@@ -632,10 +632,15 @@ class Coordinator:
 def _resolved(obj: Object) -> Object:
     """What a bucket with allow_mult=false shows: only the newest sibling (Riak's reconcile).
 
-    The context still covers every sibling, so a write with it replaces them all.
+    A view for the client, never stored: its context still covers every sibling, so a
+    write with it replaces them all.
     """
-    if len(obj.siblings()) <= 1:
+    winner = obj.lww_winner()
+    if winner is None or len(obj.siblings()) == 1:
         return obj
-    newest = versions.merge(obj, None, lww=True)
-    assert newest is not None
-    return newest
+    holder = next(e.actor for e in obj.entries if winner in e.values)
+    return Object(
+        tuple(
+            Entry(e.actor, e.counter, (winner,) if e.actor == holder else ()) for e in obj.entries
+        )
+    )
