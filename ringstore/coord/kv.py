@@ -548,6 +548,10 @@ class Coordinator:
             return data
         raise LocalError(f"no replica has a good copy of chunk {digest.hex()}: {'; '.join(errors)}")
 
+    async def fetch_from_peers(self, digest: bytes) -> bytes:
+        """A verified copy of a chunk from any other up node (the scrubber's repair source)."""
+        return await self._fetch_chunk(digest, sorted(self._up_nodes() - {self.node}))
+
     async def _repair_chunk(self, node: str, data: bytes, digest: bytes) -> None:
         try:
             with trio.fail_after(CHUNK_CALL_TIMEOUT_S):

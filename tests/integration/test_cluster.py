@@ -104,3 +104,19 @@ async def test_corrupt_chunk_on_one_replica_is_served_from_another_and_repaired(
     assert (await read_all(n1, b"b", b"k"))[0] == [value]
     await cluster3.wait_until(lambda: n1.coordinator.stats.chunk_repairs >= 1)
     assert await n1.replica.read_chunk(first_chunk) == value[:4096]
+
+
+async def test_scrubber_finds_a_corrupt_chunk_and_replaces_it_from_a_peer(cluster3):
+    value = os.urandom(4096 + 10)
+    n2 = cluster3.nodes["n2"]
+    await n2.coordinator.put(b"b", b"k", TEXT, body_of(value), None, {"w": "3"})
+    digest = chunk_hash(value[:4096])
+    name = digest.hex()
+    path = n2.config.data_dir / "store" / "chunks" / name[:2] / name[2:4] / name
+    path.write_bytes(b"x" + path.read_bytes()[1:])
+
+    scrubber = next(w for w in n2.workers if w.name == "scrubber")
+    await scrubber.run_once()
+    assert (scrubber.corrupt_total, scrubber.repaired_total) == (1, 1)
+    assert await n2.replica.read_chunk(digest) == value[:4096]
+    assert "1 corrupt chunks found, 1 repaired" in scrubber.status()

@@ -1,0 +1,1 @@
+"""Background workers: chunk sweeping and scrubbing (handoff and anti-entropy join them later)."""
