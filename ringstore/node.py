@@ -30,6 +30,7 @@ from ringstore.net.transport import (
     client_ssl_context,
     server_ssl_context,
 )
+from ringstore.repair.workers import Scrubber, Sweeper, Worker, run_workers
 from ringstore.storage.engine import StorageEngine
 from ringstore.storage.lmdb_store import LmdbStore
 
@@ -95,6 +96,7 @@ class Node:
         self.peers: PeerService
         self.liveness: Liveness
         self.replica: LocalReplica
+        self.workers: list[Worker] = []
 
     def stop(self) -> None:
         """Ask the node to shut down; `run` returns once everything has stopped."""
@@ -151,6 +153,15 @@ class Node:
             extra_stats=self._stats,
         )
         await nursery.start(self.coordinator.run)
+        self.workers = [
+            Sweeper(self.storage, self.config.storage.sweep_grace_s),
+            Scrubber(
+                self.storage,
+                self.config.storage.scrub_bytes_per_s,
+                self.coordinator.fetch_from_peers,
+            ),
+        ]
+        await nursery.start(run_workers, self.workers)
         if self._serve_http:
             log.info("%s: starting HTTP", self.name)
             listeners = await nursery.start(
