@@ -1,0 +1,1 @@
+"""Benchmarks of ringstore: the HTTP load generator, the ceiling server, storage benchmarks."""

@@ -1,0 +1,257 @@
+"""Turn one run of the standard matrix (bench/run.sh) into a dated section of bench/RESULTS.md.
+
+The matrix is 4 KiB and 1 MiB values, PUT and GET, concurrency 16 and 64, each measured on
+the local 3-node cluster (N=3, R=W=2) and on the ceiling server (bench/ceiling.py) in the
+same run. run.sh leaves one load report per cell in a directory, named
+`{cluster|ceiling}_{op}_{size}_c{concurrency}.json`; this module reads them, checks the
+ratio targets of issue 6 and appends the section (it never rewrites what is there).
+
+    python -m bench.matrix REPORT_DIR --append bench/RESULTS.md [--cluster-json FILE] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+SIZES = ("4KiB", "1MiB")
+OPERATIONS = ("put", "get")
+CONCURRENCIES = (16, 64)
+KINDS = ("cluster", "ceiling")
+P99_LIMIT_MS = 50.0  # issue 6: p99 at concurrency 16 for 4 KiB operations
+P99_CONCURRENCY = 16
+RSS_LIMIT_MIB = 200.0  # issue 6: each node's RSS during the 1 MiB runs
+# issue 6: (size, operation, measure, least ratio of the cluster to the ceiling)
+RATIO_TARGETS = (
+    ("4KiB", "get", "ops_per_s", 0.30),
+    ("4KiB", "put", "ops_per_s", 0.10),
+    ("1MiB", "get", "mb_per_s", 0.25),
+    ("1MiB", "put", "mb_per_s", 0.10),
+)
+NOT_MEASURED = (
+    "RSS while one 2 GiB object is written and read back",
+    "scaling with twice the keys or objects, and list-keys time",
+)
+_REPORT_NAME = re.compile(r"(cluster|ceiling)_(put|get)_(\w+)_c(\d+)\.json")
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    kind: str
+    operation: str
+    size: str
+    concurrency: int
+
+
+def load_reports(directory: Path) -> dict[Cell, dict[str, Any]]:
+    """Every load report in `directory` named as run.sh names them."""
+    reports = {}
+    for path in sorted(directory.glob("*.json")):
+        match = _REPORT_NAME.fullmatch(path.name)
+        if match is not None:
+            kind, operation, size, concurrency = match.groups()
+            reports[Cell(kind, operation, size, int(concurrency))] = json.loads(path.read_text())
+    return reports
+
+
+def _first_line(path: str, prefix: str) -> str | None:
+    try:
+        with open(path) as file:
+            for line in file:
+                if line.startswith(prefix):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        return None
+    return None
+
+
+def describe_machine() -> str:
+    cpu = _first_line("/proc/cpuinfo", "model name") or platform.processor() or "unknown CPU"
+    memory = _first_line("/proc/meminfo", "MemTotal")
+    memory_gib = f"{int(memory.split()[0]) / 1024**2:.1f} GiB RAM" if memory else "RAM unknown"
+    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs, {memory_gib}; {platform.system()} {platform.release()};"
+        f" Python {platform.python_version()}; load average now {load}"
+    )
+
+
+def peak_rss_mib(cluster_json: Path) -> dict[str, float | None]:
+    """Each node's peak resident memory so far (VmHWM), by node name; None if unreadable."""
+    manifest = json.loads(cluster_json.read_text())
+    peaks: dict[str, float | None] = {}
+    for node in manifest["nodes"]:
+        value = _first_line(f"/proc/{node['pid']}/status", "VmHWM") if node.get("pid") else None
+        peaks[node["name"]] = int(value.split()[0]) / 1024 if value else None
+    return peaks
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _cell_table(reports: dict[Cell, dict[str, Any]]) -> list[str]:
+    lines = [
+        "| size | op | conc | cluster ops/s | cluster MB/s | p50 ms | p99 ms | p99.9 ms | max ms"
+        " | errors | ceiling ops/s | ceiling MB/s | ceiling p99 ms | ratio |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for size in SIZES:
+        for operation in OPERATIONS:
+            for concurrency in CONCURRENCIES:
+                cluster = reports.get(Cell("cluster", operation, size, concurrency))
+                ceiling = reports.get(Cell("ceiling", operation, size, concurrency))
+                row = [size, operation.upper(), str(concurrency)]
+                if cluster is None:
+                    row += ["not run"] + ["-"] * 7
+                else:
+                    latency = cluster["latency_ms"]
+                    row += [
+                        _number(cluster["totals"]["ops_per_s"]),
+                        _number(cluster["totals"]["mb_per_s"], 2),
+                        *(_number(latency[name], 2) for name in ("p50", "p99", "p99_9", "max")),
+                        _errors(cluster),
+                    ]
+                if ceiling is None:
+                    row += ["not run", "-", "-"]
+                else:
+                    row += [
+                        _number(ceiling["totals"]["ops_per_s"]),
+                        _number(ceiling["totals"]["mb_per_s"], 2),
+                        _number(ceiling["latency_ms"]["p99"], 2),
+                    ]
+                row.append(_number(_ratio(cluster, ceiling, "ops_per_s"), 3))
+                lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def _errors(report: dict[str, Any]) -> str:
+    errors = report["errors"]
+    if not errors:
+        return "0"
+    return ", ".join(f"{count} {kind}" for kind, count in errors.items())
+
+
+def _ratio(cluster: dict | None, ceiling: dict | None, measure: str) -> float | None:
+    if cluster is None or ceiling is None or not ceiling["totals"][measure]:
+        return None
+    return cluster["totals"][measure] / ceiling["totals"][measure]
+
+
+def _verdict(value: float | None, ok: bool) -> str:
+    return "not measured" if value is None else ("met" if ok else "**missed**")
+
+
+def _target_table(
+    reports: dict[Cell, dict[str, Any]], rss: dict[str, float | None] | None
+) -> list[str]:
+    lines = ["| target (issue 6) | measured | needed | verdict |", "|---|---:|---:|---|"]
+    for size, operation, measure, least in RATIO_TARGETS:
+        unit = "ops/s" if measure == "ops_per_s" else "MB/s"
+        source = " from file" if (size, operation) == ("1MiB", "get") else ""
+        for concurrency in CONCURRENCIES:
+            ratio = _ratio(
+                reports.get(Cell("cluster", operation, size, concurrency)),
+                reports.get(Cell("ceiling", operation, size, concurrency)),
+                measure,
+            )
+            lines.append(
+                f"| {size} {operation.upper()} {unit}, c{concurrency}, vs ceiling{source}"
+                f" | {_number(ratio, 3)} | >= {least:.2f} | "
+                f"{_verdict(ratio, ratio is not None and ratio >= least)} |"
+            )
+    for operation in OPERATIONS:
+        report = reports.get(Cell("cluster", operation, "4KiB", P99_CONCURRENCY))
+        p99 = None if report is None else report["latency_ms"]["p99"]
+        lines.append(
+            f"| 4KiB {operation.upper()} p99 at c{P99_CONCURRENCY} | {_number(p99, 2)} ms"
+            f" | < {P99_LIMIT_MS:g} ms | {_verdict(p99, p99 is not None and p99 < P99_LIMIT_MS)} |"
+        )
+    for name, peak in sorted((rss or {}).items()):
+        verdict = _verdict(peak, peak is not None and peak < RSS_LIMIT_MIB)
+        lines.append(
+            f"| {name} peak RSS over the whole run (VmHWM) | {_number(peak)} MiB"
+            f" | < {RSS_LIMIT_MIB:g} MiB | {verdict} |"
+        )
+    for what in NOT_MEASURED:
+        lines.append(f"| {what} | - | - | not measured by this matrix |")
+    return lines
+
+
+def format_section(
+    reports: dict[Cell, dict[str, Any]],
+    *,
+    now: datetime,
+    machine: str,
+    commit: str,
+    duration_s: float,
+    quick: bool,
+    rss: dict[str, float | None] | None = None,
+    notes: Sequence[str] = (),
+) -> str:
+    """The Markdown section for one matrix run."""
+    mode = " (quick smoke run: not a measurement)" if quick else ""
+    lines = [
+        f"## {now.strftime('%Y-%m-%d %H:%M')} UTC: standard matrix{mode}",
+        "",
+        f"- Machine: {machine}",
+        f"- Code: {commit}",
+        f"- Cluster: 3 local nodes, N=3, R=W=2 (`?r=2&w=2`), durable writes; {duration_s:g} s"
+        " per cell; one generator process (`python -m bench`), one keep-alive connection per"
+        " worker, workers round-robin over the nodes",
+        "- PUTs write fresh keys (sequential); GETs read a prefilled key space (uniform)",
+        "- Ceiling: `python -m bench.ceiling`, measured in the same run with the same"
+        " generator; 1 MiB GETs read its value from a file each time",
+        *(f"- {note}" for note in notes),
+        "",
+        *_cell_table(reports),
+        "",
+        *_target_table(reports, rss),
+        "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.matrix", description=__doc__)
+    parser.add_argument("reports", type=Path, help="the directory of load reports")
+    parser.add_argument("--append", type=Path, required=True, help="the RESULTS.md to extend")
+    parser.add_argument("--cluster-json", type=Path, help="cluster.json, for the nodes' RSS")
+    parser.add_argument("--commit", default="unknown", help="the code measured")
+    parser.add_argument("--duration", type=float, required=True, help="seconds per cell")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--note", action="append", default=[], help="a line to add")
+    args = parser.parse_args(argv)
+    if not args.reports.is_dir():
+        parser.error(f"{args.reports} is not a directory")
+    reports = load_reports(args.reports)
+    if not reports:
+        parser.error(f"no load reports in {args.reports}")
+    rss = peak_rss_mib(args.cluster_json) if args.cluster_json else None
+    section = format_section(
+        reports,
+        now=datetime.now(UTC),
+        machine=describe_machine(),
+        commit=args.commit,
+        duration_s=args.duration,
+        quick=args.quick,
+        rss=rss,
+        notes=args.note,
+    )
+    with open(args.append, "a") as results:  # append only: others add their sections too
+        results.write("\n" + section)
+    print(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

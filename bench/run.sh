@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Run the standard benchmark matrix of issue 6 and append a dated table to bench/RESULTS.md:
+# 4 KiB and 1 MiB values, PUT and GET, concurrency 16 and 64, on a fresh local 3-node cluster
+# (N=3, R=W=2) and on the ceiling server (bench/ceiling.py) at the same sizes and concurrency.
+#
+#   bench/run.sh            20 s per cell, about 6 minutes in all (the measurement)
+#   bench/run.sh --quick    3 s per cell and small key spaces: a smoke run of the whole path
+#   --keep                  keep the run directory (reports, node logs) instead of deleting it
+#   --results FILE          append to FILE instead of bench/RESULTS.md (for trying run.sh out)
+#
+# The cluster lives in a temporary run directory on free ports, so a developer's own cluster
+# (cluster/run) is never touched; it is stopped and deleted at the end, even on failure.
+set -euo pipefail
+source "$(dirname "$0")/../scripts/_venv.sh"
+cd "$repo_root"
+python="$venv/bin/python"
+
+duration=20
+get_keys_small=5000  # 4 KiB GETs read from this many prefilled keys (20 MiB per replica)
+get_keys_large=200   # 1 MiB GETs: 200 MiB per replica, more than one chunk file per key read
+put_keys=100000000   # PUTs write fresh keys in order; no run writes this many
+quick=""
+keep=""
+results=bench/RESULTS.md
+usage="usage: bench/run.sh [--quick] [--keep] [--results FILE]"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) duration=3; get_keys_small=500; get_keys_large=30; quick="--quick" ;;
+        --keep) keep=1 ;;
+        --results) [ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }; results=$2; shift ;;
+        *) echo "$usage" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/ringstore-bench.XXXXXX")
+reports="$work/reports"
+mkdir -p "$reports" "$work/ceiling"
+export RINGSTORE_CLUSTER_RUN_DIR="$work/cluster"
+RINGSTORE_CLUSTER_PORT_BASE=$("$python" -c 'from cluster.harness import free_port_base; print(free_port_base(3))')
+export RINGSTORE_CLUSTER_PORT_BASE
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [ -n "$(git status --porcelain 2>/dev/null)" ]; then commit="$commit plus uncommitted changes"; fi
+
+ceiling_pid=""
+stop_ceiling() {
+    if [ -n "$ceiling_pid" ]; then
+        kill "$ceiling_pid" 2>/dev/null || true
+        wait "$ceiling_pid" 2>/dev/null || true
+        ceiling_pid=""
+    fi
+}
+cleanup() {
+    stop_ceiling
+    scripts/stop_cluster.sh >/dev/null 2>&1 || echo "run.sh: stopping the cluster failed" >&2
+    if [ -n "$keep" ]; then
+        echo "run.sh: kept $work"
+    else
+        rm -rf "$work"
+    fi
+}
+trap cleanup EXIT
+
+echo "== starting a 3-node cluster in $RINGSTORE_CLUSTER_RUN_DIR" >&2
+scripts/start_cluster.sh 3 >&2
+cluster_json="$RINGSTORE_CLUSTER_RUN_DIR/cluster.json"
+read -r -a nodes < <("$python" -c 'import json, sys
+print(" ".join(node["http_url"] for node in json.load(open(sys.argv[1]))["nodes"]))' "$cluster_json")
+
+# cell KIND OP SIZE CONCURRENCY EXTRA-OPTIONS... -- URL...
+cell() {
+    local kind=$1 op=$2 size=$3 concurrency=$4
+    shift 4
+    local options=()
+    while [ "$1" != "--" ]; do options+=("$1"); shift; done
+    shift
+    echo "== $kind $op $size c$concurrency" >&2
+    "$python" -m bench "$@" --op "$op" --value-size "$size" -c "$concurrency" -d "$duration" \
+        --r 2 --w 2 --timeout 30 --label "$kind $op $size c$concurrency" \
+        -o "$reports/${kind}_${op}_${size}_c${concurrency}.json" "${options[@]}"
+}
+
+for size in 4KiB 1MiB; do
+    if [ "$size" = 4KiB ]; then get_keys=$get_keys_small; else get_keys=$get_keys_large; fi
+    for concurrency in 16 64; do
+        cell cluster put "$size" "$concurrency" --bucket "put-$size-c$concurrency" \
+            --keys "$put_keys" --key-dist sequential -- "${nodes[@]}"
+    done
+    # One prefill per size; both concurrencies then read the same keys.
+    cell cluster get "$size" 16 --bucket "get-$size" --keys "$get_keys" --prefill -- "${nodes[@]}"
+    cell cluster get "$size" 64 --bucket "get-$size" --keys "$get_keys" -- "${nodes[@]}"
+done
+
+for size in 4KiB 1MiB; do
+    # The 1 MiB GET target is a ratio to GETs the ceiling reads from a file.
+    from_file=()
+    if [ "$size" = 1MiB ]; then from_file=(--dir "$work/ceiling"); fi
+    coproc CEILING { exec "$python" -m bench.ceiling --port 0 --value-size "$size" "${from_file[@]}"; }
+    ceiling_pid=$CEILING_PID
+    if ! read -r -t 30 -u "${CEILING[0]}" ready || [[ "$ready" != "ceiling listening on "* ]]; then
+        echo "run.sh: the ceiling server did not start" >&2
+        exit 1
+    fi
+    ceiling_url=${ready##* }
+    for op in put get; do
+        for concurrency in 16 64; do
+            cell ceiling "$op" "$size" "$concurrency" --keys 1000 -- "$ceiling_url"
+        done
+    done
+    stop_ceiling
+done
+
+echo "== appending to $results" >&2
+"$python" -m bench.matrix "$reports" --append "$results" --cluster-json "$cluster_json" \
+    --commit "$commit" --duration "$duration" $quick \
+    --note "Load average before the run: $load_before (other work on the machine skews every number)"

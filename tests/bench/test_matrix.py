@@ -1,0 +1,77 @@
+"""The standard matrix's RESULTS.md section: cells, ratio targets, append-only writing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.matrix import main
+
+SIZE_BYTES = {"4KiB": 4096, "1MiB": 1024**2}
+
+
+def fake_report(ops_per_s: float, size: str, p99_ms: float, errors: dict | None = None) -> dict:
+    latency = dict.fromkeys(("min", "mean", "p50", "p95", "p99", "p99_9", "max"), p99_ms)
+    totals = {"ops_per_s": ops_per_s, "mb_per_s": ops_per_s * SIZE_BYTES[size] / 1e6}
+    return {"totals": totals, "latency_ms": latency, "errors": errors or {}}
+
+
+def write_matrix(directory: Path, cluster_ops: float, ceiling_ops: float) -> None:
+    for kind, ops in (("cluster", cluster_ops), ("ceiling", ceiling_ops)):
+        for op in ("put", "get"):
+            for size in ("4KiB", "1MiB"):
+                for concurrency in (16, 64):
+                    report = fake_report(ops, size, 20.0 if kind == "cluster" else 5.0)
+                    path = directory / f"{kind}_{op}_{size}_c{concurrency}.json"
+                    path.write_text(json.dumps(report))
+
+
+def run_matrix(reports: Path, results: Path, *extra: str) -> None:
+    assert main([str(reports), "--append", str(results), "--duration", "20", *extra]) == 0
+
+
+def test_a_section_is_appended_with_every_cell_and_target(tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    write_matrix(reports, cluster_ops=40.0, ceiling_ops=100.0)
+    (reports / "unrelated.json").write_text("{}")  # not a cell: ignored
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\n## an earlier section by someone else\n")
+    run_matrix(reports, results, "--commit", "abc123", "--note", "a note")
+    text = results.read_text()
+    assert text.startswith("# Results\n\n## an earlier section by someone else\n")
+    assert "- Code: abc123" in text and "- a note" in text and "20 s per cell" in text
+    assert text.count("| 4KiB | GET | 16 | 40.0 |") == 1
+    assert text.count("| 0.400 |\n") == 8  # every cell's ratio, the last column
+    assert "| 4KiB GET ops/s, c16, vs ceiling | 0.400 | >= 0.30 | met |" in text
+    assert "| 1MiB PUT MB/s, c64, vs ceiling | 0.400 | >= 0.10 | met |" in text
+    assert "| 4KiB PUT p99 at c16 | 20.00 ms | < 50 ms | met |" in text
+    assert "quick" not in text
+
+
+def test_missed_targets_and_missing_cells_are_shown(tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    write_matrix(reports, cluster_ops=20.0, ceiling_ops=100.0)
+    (reports / "ceiling_get_1MiB_c64.json").unlink()
+    slow = fake_report(20.0, "4KiB", 80.0, {"http_503": 3})
+    (reports / "cluster_get_4KiB_c16.json").write_text(json.dumps(slow))
+    results = tmp_path / "RESULTS.md"
+    run_matrix(reports, results, "--quick")
+    run_matrix(reports, results, "--quick")
+    text = results.read_text()
+    assert text.count("(quick smoke run: not a measurement)") == 2  # appended, not rewritten
+    assert "| 4KiB GET ops/s, c16, vs ceiling | 0.200 | >= 0.30 | **missed** |" in text
+    assert "| 4KiB GET p99 at c16 | 80.00 ms | < 50 ms | **missed** |" in text
+    assert "| 3 http_503 |" in text
+    assert "| 1MiB GET MB/s, c64, vs ceiling from file | - | >= 0.25 | not measured |" in text
+    assert "| 1MiB | GET | 64 | 20.0 |" in text and "| not run | - | - | - |" in text
+
+
+def test_an_empty_report_directory_is_refused(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        run_matrix(tmp_path, tmp_path / "RESULTS.md")
+    assert "no load reports" in capsys.readouterr().err
+    assert not (tmp_path / "RESULTS.md").exists()
