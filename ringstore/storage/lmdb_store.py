@@ -24,10 +24,8 @@ engine.segment_of(bucket, key) (2).
                                            every chunk file has its row (see Recovery)
 
 Files under `<path>`:
-  chunks/ab/cd/<hex hash>   one file per chunk; ab and cd are the hash's first two bytes in hex
-  tmp/<random>.tmp          uploads in progress; emptied at every start
-  quarantine/<hex>.<tag>    chunk files that failed verification, kept for the operator
-  lock                      flock()ed while an engine has the directory open
+  chunks/, tmp/, quarantine/   the chunk files, uploads and bad files (chunk_files.py's Layout)
+  lock                         flock()ed while an engine has the directory open
 
 Write order (why a crash never leaves a record naming a chunk that is not on disk): a chunk
 file is written under tmp/, fsynced, renamed into place and its directory fsynced before its
@@ -54,7 +52,6 @@ import fcntl
 import inspect
 import logging
 import os
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -67,7 +64,7 @@ import cbor2
 import lmdb
 import trio
 
-from ringstore.core.hashing import chunk_hash, chunk_hasher, partition_of
+from ringstore.core.hashing import partition_of
 from ringstore.errors import (
     ChunkCorrupt,
     ChunkMissing,
@@ -77,6 +74,7 @@ from ringstore.errors import (
     StorageClosed,
     StorageFull,
 )
+from ringstore.storage.chunk_files import CORRUPT, OK, VANISHED, ChunkFiles, Upload
 from ringstore.storage.engine import (
     DEFAULT_CHUNK_SIZE_BYTES,
     DEFAULT_INLINE_MAX_BYTES,
@@ -107,7 +105,6 @@ WRITE_QUEUE_OPS = 1024  # writers beyond this wait to enqueue: bounds memory und
 READ_THREADS = 4  # LMDB lookups are short; more threads would only contend for the cores
 FILE_THREADS = 8  # chunk file reads and writes mostly wait on the disk, so allow more
 UPLOAD_BUFFER_BYTES = 64 * 1024  # small streamed pieces are gathered: one thread hop per write
-MAX_CHUNK_FILE_BYTES = 64 * 1024**2  # a read never holds more, whatever a damaged file says
 ROW_PAGE = 1024  # chunk rows read per read transaction by sweep and scrub
 MAX_DBS = 8  # five named databases in use, room for more
 FORMAT_VERSION = 1
@@ -117,8 +114,8 @@ ADOPT_BATCH_ROWS = 4096  # rows per transaction when adopting files: bounds its 
 ZERO_SEGMENT = bytes(SEGMENT_HASH_BYTES)
 
 _NEW, _RUNNING, _CLOSED = "new", "running", "closed"
-# What a look at one chunk found (`_look_at_chunk`).
-_OK, _ABSENT, _VANISHED, _CORRUPT = "ok", "absent", "vanished", "corrupt"
+# What a look at one chunk found (`_look_at_chunk`): a chunk_files status, or no present row.
+_ABSENT = "absent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,44 +193,6 @@ class _Writer:
             self.txn.put(segment_key, new, db=self.dbs.aae)
 
 
-class _Upload:
-    """A chunk being received into a temporary file. Its methods run on worker threads."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp_path = tmp_path
-        self.fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        self.hasher = chunk_hasher()
-        self.size = 0
-        self.published = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.hasher.update(data)
-        view = memoryview(data).cast("B")
-        self.size += len(view)
-        while view:
-            view = view[os.write(self.fd, view) :]
-
-    def finish(self) -> bytes:
-        os.fsync(self.fd)
-        os.close(self.fd)
-        self.fd = -1
-        return self.hasher.digest()
-
-    def discard(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        self.tmp_path.unlink(missing_ok=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _prefix(partition: int) -> bytes:
     return partition.to_bytes(2, "big")
 
@@ -285,7 +244,9 @@ class LmdbStore:
     `ring_size` is fixed when the directory is created (a different one later is refused);
     `inline_max` is advisory (the coordinator decides what to inline); `chunk_size` bounds
     `write_chunk`; `map_size` is LMDB's maximum size of the metadata file; `wall_clock`
-    stamps chunk rows for the sweeper. An engine runs once: to reopen the same directory,
+    stamps chunk rows for the sweeper; `max_batch_ops` bounds the writes one transaction
+    commits (1 turns group commit off: bench/storage.py measures what group commit buys
+    against it). An engine runs once: to reopen the same directory,
     make a new `LmdbStore`.
     """
 
@@ -298,17 +259,19 @@ class LmdbStore:
         chunk_size: int = DEFAULT_CHUNK_SIZE_BYTES,
         map_size: int = DEFAULT_MAP_SIZE_BYTES,
         wall_clock: Callable[[], float] = time.time,
+        max_batch_ops: int = WRITE_QUEUE_OPS,
     ) -> None:
         check_engine_params(ring_size, inline_max, chunk_size)
+        if not isinstance(max_batch_ops, int) or max_batch_ops < 1:
+            raise ValueError(f"max_batch_ops must be a positive int: {max_batch_ops!r}")
         self.path = Path(path)
         self.ring_size = ring_size
         self.inline_max = inline_max
         self.chunk_size = chunk_size
         self.map_size = map_size
         self._wall_clock = wall_clock
-        self._chunks_dir = self.path / "chunks"
-        self._tmp_dir = self.path / "tmp"
-        self._quarantine_dir = self.path / "quarantine"
+        self.max_batch_ops = max_batch_ops
+        self._files = ChunkFiles(self.path)
         self._state = _NEW
         self._run_scope = trio.CancelScope()
         self._closed = trio.Event()
@@ -323,7 +286,6 @@ class LmdbStore:
         self._threads_busy = 0
         self._threads_idle: trio.Event | None = None
         self._hash_locks: dict[bytes, trio.Lock] = {}
-        self._known_dirs: set[Path] = set()
         # Chunk files whose row may disagree with them (published, or their row deleted, with
         # the other half not done yet or failed): while nonzero, a stop is not clean.
         self._unsettled_files = 0
@@ -385,12 +347,7 @@ class LmdbStore:
             os.close(self._lock_fd)
             self._lock_fd = -1
             raise LocalError(f"storage {self.path} is in use by another engine") from None
-        for directory in (self._chunks_dir, self._tmp_dir, self._quarantine_dir):
-            directory.mkdir(exist_ok=True)
-        # Safe only because the lock above says no other engine is uploading here.
-        for leftover in self._tmp_dir.iterdir():
-            leftover.unlink()
-        _fsync_dir(self.path)
+        self._files.prepare()  # under the lock, as it must be
         try:
             env = lmdb.open(
                 str(self.path / "meta.lmdb"),
@@ -441,7 +398,7 @@ class LmdbStore:
         adopted = 0
         txn = env.begin(write=True)
         try:
-            for chunk, size in self._chunk_files():
+            for chunk, size in self._files.walk():
                 raw = txn.get(chunk, db=dbs.chunks)
                 row = _ChunkRow(size, 0, now, False) if raw is None else _ChunkRow.decode(raw)
                 if row.present:
@@ -460,19 +417,6 @@ class LmdbStore:
             txn.abort()
             raise
         return adopted
-
-    def _chunk_files(self) -> Iterator[tuple[bytes, int]]:
-        """(hash, size) of every file under chunks/ named as a chunk file is."""
-        for first in sorted(self._chunks_dir.iterdir()):
-            for second in sorted(first.iterdir()) if first.is_dir() else ():
-                for file in sorted(second.iterdir()) if second.is_dir() else ():
-                    name = file.name
-                    if len(name) != 64 or name[:2] != first.name or name[2:4] != second.name:
-                        continue
-                    try:
-                        yield bytes.fromhex(name), file.stat().st_size
-                    except ValueError:
-                        continue
 
     def _check_format(self, txn: lmdb.Transaction, meta_db: Any) -> None:
         raw = txn.get(FORMAT_KEY, db=meta_db)
@@ -580,7 +524,7 @@ class LmdbStore:
     async def _commit_loop(self, receive: trio.MemoryReceiveChannel[_WriteOp]) -> None:
         async for first in receive:
             batch = [first]
-            while True:
+            while len(batch) < self.max_batch_ops:
                 try:
                     batch.append(receive.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
@@ -808,10 +752,6 @@ class LmdbStore:
 
     # -- chunks ----------------------------------------------------------------------------
 
-    def _chunk_path(self, chunk: bytes) -> Path:
-        name = chunk.hex()
-        return self._chunks_dir / name[:2] / name[2:4] / name
-
     @asynccontextmanager
     async def _hash_lock(self, chunk: bytes) -> AsyncIterator[None]:
         lock = self._hash_locks.setdefault(chunk, trio.Lock())
@@ -850,8 +790,7 @@ class LmdbStore:
                 raise ChunkTooLarge(size, self.chunk_size)
         elif not hasattr(data, "__aiter__"):
             raise TypeError("write_chunk takes bytes or an async iterator of bytes")
-        tmp_path = self._tmp_dir / f"{secrets.token_hex(8)}.tmp"
-        upload: _Upload = await self._file(_Upload, tmp_path)
+        upload: Upload = await self._file(self._files.start_upload)
         try:
             if whole:
                 await self._file(upload.write, data)
@@ -861,10 +800,11 @@ class LmdbStore:
             if expected is not None and digest != expected:
                 raise ChunkCorrupt(expected, f"the bytes received hash to {digest.hex()}")
             async with self._hash_lock(digest):
-                # Shielded: a file published without its row waits for the next unclean start.
+                # Shielded: a cancelled caller must not leave the file published without its
+                # row (a failure still can: counted, so that the next start adopts the file).
                 with trio.CancelScope(shield=True):
                     self._unsettled_files += 1
-                    await self._file(self._publish, upload, digest)
+                    await self._file(self._files.publish, upload, digest)
                     await self._submit(
                         partial(self._apply_register, chunk=digest, size=upload.size)
                     )
@@ -875,7 +815,7 @@ class LmdbStore:
                 with trio.CancelScope(shield=True):
                     await self._file(upload.discard, check=False)
 
-    async def _receive_pieces(self, upload: _Upload, pieces: AsyncIterator[bytes]) -> None:
+    async def _receive_pieces(self, upload: Upload, pieces: AsyncIterator[bytes]) -> None:
         buffer = bytearray()
         size = 0
         async for piece in pieces:
@@ -890,25 +830,6 @@ class LmdbStore:
                 buffer = bytearray()
         if buffer:
             await self._file(upload.write, buffer)
-
-    def _publish(self, upload: _Upload, chunk: bytes) -> None:
-        final = self._chunk_path(chunk)
-        self._ensure_dir(final.parent)
-        os.rename(upload.tmp_path, final)
-        upload.published = True
-        _fsync_dir(final.parent)
-
-    def _ensure_dir(self, directory: Path) -> None:
-        """Create chunks/ab/cd as needed, each new directory made durable in its parent."""
-        if directory in self._known_dirs:
-            return
-        for level in (directory.parent, directory):
-            try:
-                level.mkdir()
-            except FileExistsError:
-                continue
-            _fsync_dir(level.parent)
-        self._known_dirs.add(directory)
 
     @staticmethod
     def _apply_register(writer: _Writer, *, chunk: bytes, size: int) -> None:
@@ -951,11 +872,11 @@ class LmdbStore:
         """
         check_chunk_hash(chunk_hash)
         status, data = await self._file(self._look_at_chunk, chunk_hash)
-        if status in (_VANISHED, _CORRUPT):
+        if status in (VANISHED, CORRUPT):
             status, data = await self._confirm_bad(chunk_hash)
-        if status == _OK:
+        if status == OK:
             return data
-        if status == _CORRUPT:
+        if status == CORRUPT:
             raise ChunkCorrupt(chunk_hash, "the file was quarantined")
         raise ChunkMissing(chunk_hash)
 
@@ -963,42 +884,27 @@ class LmdbStore:
         assert self._env is not None
         with self._env.begin() as txn:
             raw = txn.get(chunk, db=self._dbs.chunks)
-        if raw is None or not _ChunkRow.decode(raw).present:
+        row = None if raw is None else _ChunkRow.decode(raw)
+        if row is None or not row.present:
             return _ABSENT, None
-        try:
-            with open(self._chunk_path(chunk), "rb") as file:
-                data = file.read(max(self.chunk_size, MAX_CHUNK_FILE_BYTES) + 1)
-        except FileNotFoundError:
-            return _VANISHED, None
-        except OSError as exc:
-            raise LocalError(f"chunk {chunk.hex()} cannot be read: {exc}") from exc
-        if chunk_hash(data) != chunk:
-            return _CORRUPT, None
-        return _OK, data
+        return self._files.read_verified(chunk, row.size)
 
     async def _confirm_bad(self, chunk: bytes) -> tuple[str, bytes | None]:
         """Look again under the chunk's lock; quarantine and mark it missing if still bad.
 
-        Returns what the second look found: _OK (repaired meanwhile) with the bytes, _ABSENT
-        (quarantined or swept meanwhile), or _CORRUPT / _VANISHED, now dealt with.
+        Returns what the second look found: OK (repaired meanwhile) with the bytes, absent
+        (quarantined or swept meanwhile), or CORRUPT / VANISHED, now dealt with.
         """
         async with self._hash_lock(chunk):
             status, data = await self._file(self._look_at_chunk, chunk)
-            if status in (_OK, _ABSENT):
+            if status in (OK, _ABSENT):
                 return status, data
-            if status == _CORRUPT:
-                await self._file(self._quarantine, chunk)
+            if status == CORRUPT:
+                await self._file(self._files.quarantine, chunk)
             await self._submit(partial(self._apply_mark_missing, chunk=chunk))
             self._corrupt_chunks_found += 1
             log.warning("storage %s: chunk %s is %s", self.path, chunk.hex(), status)
             return status, None
-
-    def _quarantine(self, chunk: bytes) -> None:
-        target = self._quarantine_dir / f"{chunk.hex()}.{secrets.token_hex(4)}"
-        try:
-            os.rename(self._chunk_path(chunk), target)
-        except FileNotFoundError:
-            pass
 
     async def _chunk_rows(self) -> AsyncIterator[list[tuple[bytes, _ChunkRow]]]:
         """Every chunk row, a page per read transaction."""
@@ -1053,7 +959,7 @@ class LmdbStore:
                         except BaseException:
                             self._unsettled_files -= 1  # no row was deleted
                             raise
-                        await self._file(self._unlink_chunks, gone, check=False)
+                        await self._file(self._files.unlink, gone, check=False)
                         self._unsettled_files -= 1
                     deleted += len(gone)
             finally:
@@ -1077,10 +983,6 @@ class LmdbStore:
             gone.append(chunk)
         return gone
 
-    def _unlink_chunks(self, chunks: list[bytes]) -> None:
-        for chunk in chunks:
-            self._chunk_path(chunk).unlink(missing_ok=True)
-
     async def scrub(self, bytes_per_s: float) -> list[bytes]:
         """Re-verify every chunk, reading at most `bytes_per_s` on average.
 
@@ -1096,9 +998,9 @@ class LmdbStore:
                 if not row.present:
                     continue
                 status, _ = await self._file(self._look_at_chunk, chunk)
-                if status in (_VANISHED, _CORRUPT):
+                if status in (VANISHED, CORRUPT):
                     status, _ = await self._confirm_bad(chunk)
-                    if status in (_VANISHED, _CORRUPT):
+                    if status in (VANISHED, CORRUPT):
                         bad.append(chunk)
                 await trio.sleep(row.size / bytes_per_s)
         return bad

@@ -35,6 +35,7 @@ KEYS_PER_WRITER = 4
 BUCKETS = (b"crash", b"b\x00\xff")  # arbitrary bytes, NUL and non-UTF-8 included
 DELETE_SHARE = 0.2
 SHARED_SHARE = 0.25  # puts of a value from SHARED_VALUES: chunks named by several records
+OFFER_SHARE = 0.5  # chunked puts that first ask which chunks are missing (and skip the rest)
 STREAM_PIECE_BYTES = 100  # chunks sent as a stream arrive in pieces of this size
 SHARED_SEED = 7  # fixed: every round (and process) shares the same pool of values
 
@@ -65,7 +66,7 @@ def value_sizes() -> list[int]:
         CHUNK_SIZE,
         CHUNK_SIZE + 1,
         3 * CHUNK_SIZE + 17,
-        6 * CHUNK_SIZE,
+        2 * CHUNK_SIZE,
     ]
 
 
@@ -105,11 +106,14 @@ async def put_value(store: LmdbStore, rng: random.Random, bucket: bytes, key: by
     if len(value) <= INLINE_MAX:
         await store.put_record(bucket, key, INLINE_TAG + value, [])
         return
-    hashes = []
-    for start in range(0, len(value), CHUNK_SIZE):
-        piece = value[start : start + CHUNK_SIZE]
-        data = pieces_of(piece) if rng.random() < 0.5 else piece
-        hashes.append(await store.write_chunk(data, expected=chunk_hash(piece)))
+    pieces = [value[start : start + CHUNK_SIZE] for start in range(0, len(value), CHUNK_SIZE)]
+    hashes = [chunk_hash(piece) for piece in pieces]
+    # Half the time as a replica receives an object: only the chunks it says it lacks.
+    wanted = await store.missing_chunks(hashes) if rng.random() < OFFER_SHARE else set(hashes)
+    for piece, digest in zip(pieces, hashes, strict=True):
+        if digest in wanted:
+            data = pieces_of(piece) if rng.random() < 0.5 else piece
+            await store.write_chunk(data, expected=digest)
     await store.put_record(bucket, key, CHUNKED_TAG, hashes)
 
 

@@ -141,6 +141,34 @@ async def test_two_engines_cannot_share_a_directory(engines):
 
 
 def test_constructor_refuses_bad_parameters(tmp_path):
-    for params in [{"ring_size": 0}, {"ring_size": 12}, {"chunk_size": 0}, {"inline_max": -1}]:
+    for params in [
+        {"ring_size": 0},
+        {"ring_size": 12},
+        {"chunk_size": 0},
+        {"inline_max": -1},
+        {"max_batch_ops": 0},
+    ]:
         with pytest.raises(ValueError):
             LmdbStore(tmp_path, **params)
+
+
+@lmdb_only
+@pytest.mark.parametrize(("max_batch_ops", "commits"), [(1, {10}), (1024, {1, 2})])
+async def test_group_commit_batches_queued_writes(engines, max_batch_ops, commits):
+    engine = await engines.start(max_batch_ops=max_batch_ops)
+    async with trio.open_nursery() as nursery:
+        for n in range(10):
+            nursery.start_soon(engine.put_record, b"b", b"k%d" % n, b"r", [])
+    stats = engine.statistics()
+    assert stats.operations_committed == 10
+    assert stats.commits in commits  # 10 writers queued at once: one batch, or two
+
+
+@lmdb_only
+async def test_a_chunk_file_longer_than_its_chunk_is_corrupt(engines):
+    engine = await engines.start()
+    chunk = await engine.write_chunk(b"exactly these bytes")
+    with engines.chunk_file(engine, chunk).open("ab") as file:
+        file.write(b"!")
+    with pytest.raises(ChunkCorrupt):
+        await engine.read_chunk(chunk)
