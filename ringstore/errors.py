@@ -157,3 +157,9 @@ class RequestTimeout(RingstoreError):
     """A request did not finish within its `timeout` (Riak: 503 "request timed out")."""
 
     http_status = 503
+
+
+class AttachError(RingstoreError):
+    """`ringstore attach` cannot reach a node's admin console, or lost it mid-command."""
+
+    http_status = 503

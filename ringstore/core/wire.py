@@ -19,11 +19,13 @@
 #     "proof"     Proof(mac)                    handshake, client -> server  (wire id 0)
 # A map with a missing or an extra key, a field of the wrong type or out of range, or a
 # type not in this table is a ProtocolError. Bodies hold only None, bool, int (CBOR's native
-# -2**64 .. 2**64-1), bytes, str, list and dict with str or bytes keys; we decode CBOR
-# ourselves so that tags, floats, indefinite lengths, duplicate keys, deep nesting and frames
-# of millions of tiny items are refused before they cost anything (MAX_DEPTH,
-# MAX_ITEMS_PER_FRAME). What we can send, the peer can decode, by construction: the encoder
-# enforces the same limits and raises LocalProtocolError instead.
+# -2**64 .. 2**64-1), bytes (bytearray is sent as bytes), str, list and dict with str or
+# bytes keys, exactly those types. We parse CBOR ourselves so that tags, floats, indefinite
+# lengths, duplicate keys, deep nesting and frames of millions of tiny items are refused
+# before they cost anything (MAX_DEPTH, MAX_ITEMS_PER_FRAME); a general decoder would first
+# build them, blocking the event loop for seconds on one 4 MiB frame. We encode with cbor2
+# after checking the same limits ourselves (LocalProtocolError), so what we send, the peer
+# can decode.
 #
 # Handshake. The dialling side is the CLIENT. Both sides prove they know the cluster secret
 # with HMAC-SHA256 over a transcript holding BOTH fresh nonces and both names, so a proof
@@ -73,6 +75,8 @@ import hmac
 import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias
+
+import cbor2
 
 from ringstore.errors import LocalProtocolError, ProtocolError
 
@@ -133,157 +137,134 @@ def _quote(value: object) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Strict CBOR: the subset above, with the same limits on both sides.
+# Strict CBOR: the subset above, with the same limits on both sides. We encode with cbor2 (C,
+# after our own type check) and decode with our own parser, which refuses what is not in the
+# subset before building anything from it.
 
 
-def _head(major: int, argument: int) -> bytes:
-    if argument < 24:
-        return bytes((major << 5 | argument,))
-    if argument < 0x100:
-        return bytes((major << 5 | 24, argument))
-    if argument < 0x10000:
-        return bytes((major << 5 | 25,)) + argument.to_bytes(2, "big")
-    if argument < 0x100000000:
-        return bytes((major << 5 | 26,)) + argument.to_bytes(4, "big")
-    return bytes((major << 5 | 27,)) + argument.to_bytes(8, "big")
+class _Tally:
+    """Items and a lower bound on encoded bytes, counted while checking a value to send."""
+
+    __slots__ = ("items", "min_bytes")
+
+    def __init__(self, items: int = 0) -> None:
+        self.items = items
+        self.min_bytes = 0
 
 
-class _Encoder:
-    """Validates and encodes a value, collecting parts so large byte strings are not copied."""
+def _check_value(value: Any, depth: int, tally: _Tally) -> None:
+    """Raise LocalProtocolError unless `value` may travel in a frame (see the top).
 
-    __slots__ = ("parts", "size", "items", "max_bytes")
-
-    def __init__(self, max_bytes: int) -> None:
-        self.parts: list[bytes | bytearray | memoryview] = []
-        self.size = 0
-        self.items = 0
-        self.max_bytes = max_bytes
-
-    def emit(self, part: bytes | bytearray | memoryview, length: int) -> None:
-        self.size += length
-        if self.size > self.max_bytes:
-            raise LocalProtocolError(f"message exceeds the {self.max_bytes}-byte frame limit")
-        self.parts.append(part)
-
-    def encode(self, value: object, depth: int) -> None:
-        self.items += 1
-        if self.items > MAX_ITEMS_PER_FRAME:
-            raise LocalProtocolError(f"message has over {MAX_ITEMS_PER_FRAME} CBOR items")
-        if value is None:
-            self.emit(b"\xf6", 1)
-        elif value is True or value is False:
-            self.emit(b"\xf5" if value else b"\xf4", 1)
-        elif isinstance(value, int):
-            if not -CBOR_UINT_MAX - 1 <= value <= CBOR_UINT_MAX:
-                raise LocalProtocolError(f"integer {_quote(value)} is outside -2**64..2**64-1")
-            head = _head(0, value) if value >= 0 else _head(1, -1 - value)
-            self.emit(head, len(head))
-        elif isinstance(value, str):
+    Types are checked exactly (no subclasses), so what the peer decodes equals what we sent.
+    """
+    tally.items += 1
+    kind = type(value)
+    if kind is bytes or kind is bytearray:
+        tally.min_bytes += len(value)
+    elif kind is str:
+        tally.min_bytes += len(value)
+        if not value.isascii():
             try:
-                raw = value.encode("utf-8")
+                value.encode()
             except UnicodeEncodeError:
                 raise LocalProtocolError(f"string {_quote(value)} is not valid Unicode") from None
-            head = _head(3, len(raw))
-            self.emit(head, len(head))
-            self.emit(raw, len(raw))
-        elif isinstance(value, bytes | bytearray | memoryview):
-            if isinstance(value, memoryview) and not value.contiguous:
-                raise LocalProtocolError("a memoryview in a message must be contiguous")
-            length = value.nbytes if isinstance(value, memoryview) else len(value)
-            head = _head(2, length)
-            self.emit(head, len(head))
-            self.emit(value, length)
-        elif isinstance(value, list | dict):
-            if depth >= MAX_DEPTH:
-                raise LocalProtocolError(f"message nests deeper than {MAX_DEPTH} levels")
-            head = _head(4 if isinstance(value, list) else 5, len(value))
-            self.emit(head, len(head))
-            if isinstance(value, list):
-                for item in value:
-                    self.encode(item, depth + 1)
-                return
-            for key, item in value.items():
-                if not isinstance(key, str | bytes):
-                    raise LocalProtocolError(f"map key {_quote(key)} is not str or bytes")
-                self.encode(key, depth + 1)
-                self.encode(item, depth + 1)
+    elif kind is int:
+        if not -CBOR_UINT_MAX - 1 <= value <= CBOR_UINT_MAX:
+            raise LocalProtocolError(f"integer {_quote(value)} is outside -2**64..2**64-1")
+    elif kind is list or kind is dict:
+        if depth >= MAX_DEPTH:
+            raise LocalProtocolError(f"message nests deeper than {MAX_DEPTH} levels")
+        if tally.items + len(value) > MAX_ITEMS_PER_FRAME:
+            raise LocalProtocolError(f"message has over {MAX_ITEMS_PER_FRAME} CBOR items")
+        if kind is list:
+            for item in value:
+                _check_value(item, depth + 1, tally)
         else:
-            raise LocalProtocolError(
-                f"{type(value).__name__} cannot travel in a message "
-                "(allowed: None, bool, int, bytes, str, list, dict)"
-            )
+            for key, item in value.items():
+                if type(key) is not str and type(key) is not bytes:
+                    raise LocalProtocolError(f"map key {_quote(key)} is not str or bytes")
+                _check_value(key, depth + 1, tally)
+                _check_value(item, depth + 1, tally)
+        if tally.items > MAX_ITEMS_PER_FRAME:
+            raise LocalProtocolError(f"message has over {MAX_ITEMS_PER_FRAME} CBOR items")
+    elif value is not None and kind is not bool:
+        raise LocalProtocolError(
+            f"{kind.__name__} cannot travel in a message "
+            "(allowed: None, bool, int, bytes, bytearray, str, list, dict)"
+        )
+
+
+_SIMPLE_VALUES = {20: False, 21: True, 22: None}  # the only major-type-7 values we accept
 
 
 class _Decoder:
-    """Decodes one CBOR item of the allowed subset; anything else is the peer's ProtocolError."""
+    """Parses one CBOR item of the allowed subset; anything else is the peer's ProtocolError."""
 
-    __slots__ = ("data", "pos", "items")
+    __slots__ = ("data", "end", "pos", "items")
 
     def __init__(self, data: bytes) -> None:
         self.data = data
+        self.end = len(data)
         self.pos = 0
-        self.items = 0
-
-    def argument(self, info: int) -> int:
-        if info < 24:
-            return info
-        if info > 27:
-            raise ProtocolError("indefinite lengths and reserved CBOR values are not allowed")
-        width = 1 << (info - 24)
-        end = self.pos + width
-        if end > len(self.data):
-            raise ProtocolError("frame ends inside a CBOR item")
-        value = int.from_bytes(self.data[self.pos : end], "big")
-        self.pos = end
-        return value
+        self.items = 1  # the item decode() is about to read; containers count their own
 
     def decode(self, depth: int) -> object:
         data = self.data
-        if self.pos >= len(data):
+        pos = self.pos
+        if pos >= self.end:
             raise ProtocolError("frame ends before its CBOR item does")
-        self.items += 1
-        if self.items > MAX_ITEMS_PER_FRAME:
-            raise ProtocolError(f"frame holds over {MAX_ITEMS_PER_FRAME} CBOR items")
-        initial = data[self.pos]
-        self.pos += 1
-        major, info = initial >> 5, initial & 0x1F
+        initial = data[pos]
+        major = initial >> 5
+        info = initial & 0x1F
+        pos += 1
         if major == 7:
+            self.pos = pos
             if info in _SIMPLE_VALUES:
                 return _SIMPLE_VALUES[info]
             raise ProtocolError("floats and simple values other than false/true/null are refused")
         if major == 6:
             raise ProtocolError("CBOR tags are not allowed")
-        argument = self.argument(info)
-        if major == 0:
-            return argument
-        if major == 1:
-            return -1 - argument
-        if major in (2, 3):
-            end = self.pos + argument
-            if end > len(data):
+        if info < 24:
+            argument = info
+        elif info < 28:
+            width = 1 << (info - 24)
+            if pos + width > self.end:
+                raise ProtocolError("frame ends inside a CBOR item")
+            argument = int.from_bytes(data[pos : pos + width], "big")
+            pos += width
+        else:
+            raise ProtocolError("indefinite lengths and reserved CBOR values are not allowed")
+        if major <= 1:
+            self.pos = pos
+            return argument if major == 0 else -1 - argument
+        if major <= 3:
+            end = pos + argument
+            if end > self.end:
                 raise ProtocolError("frame ends inside a CBOR string")
-            raw = data[self.pos : end]
             self.pos = end
             if major == 2:
-                return raw
+                return data[pos:end]
             try:
-                return raw.decode("utf-8")
+                return data[pos:end].decode()
             except UnicodeDecodeError:
                 raise ProtocolError("text string is not valid UTF-8") from None
+        self.pos = pos
         if depth >= MAX_DEPTH:
             raise ProtocolError(f"frame nests deeper than {MAX_DEPTH} levels")
-        # Each item takes at least one byte: refuse impossible counts before looping on them.
-        remaining = len(data) - self.pos
+        # Count a container's items before decoding any of them, and refuse impossible counts
+        # (each item takes at least one byte) before looping on them.
+        count = argument if major == 4 else 2 * argument
+        if count > self.end - pos:
+            raise ProtocolError(f"{'array' if major == 4 else 'map'} is longer than its frame")
+        self.items += count
+        if self.items > MAX_ITEMS_PER_FRAME:
+            raise ProtocolError(f"frame holds over {MAX_ITEMS_PER_FRAME} CBOR items")
         if major == 4:
-            if argument > remaining:
-                raise ProtocolError("array is longer than its frame")
             return [self.decode(depth + 1) for _ in range(argument)]
-        if 2 * argument > remaining:
-            raise ProtocolError("map is longer than its frame")
         result: dict[Any, Any] = {}
         for _ in range(argument):
             key = self.decode(depth + 1)
-            if not isinstance(key, str | bytes):
+            if type(key) is not str and type(key) is not bytes:
                 raise ProtocolError(f"map key {_quote(key)} is not str or bytes")
             if key in result:
                 raise ProtocolError(f"duplicate map key {_quote(key)}")
@@ -291,44 +272,35 @@ class _Decoder:
         return result
 
 
-_SIMPLE_VALUES = {20: False, 21: True, 22: None}
-
-
 _ITEMS_OUTSIDE_BODY = 8  # a Request/Reply map, its 4 keys and its 3 values besides the body
 
 
 # ---------------------------------------------------------------------------------------------
-# Messages. Constructors validate and raise LocalProtocolError; when the peer sent the fields,
-# the decoder turns that into ProtocolError.
+# Messages. Constructors validate (exact types, like bodies) and raise LocalProtocolError; when
+# the peer sent the fields, the decoder turns that into ProtocolError.
 
 
 def _check_id(value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ID:
+    if type(value) is not int or not 0 <= value <= MAX_ID:
         raise LocalProtocolError(f"id must be an int in 0..2**63-1, got {_quote(value)}")
 
 
 def _check_body(body: object) -> None:
     """Raise LocalProtocolError unless `body` fits a frame's type, depth and item limits."""
-    if not isinstance(body, dict):
+    if type(body) is not dict:
         raise LocalProtocolError(f"body must be a dict, got {type(body).__name__}")
-    encoder = _Encoder(MAX_LENGTH_PREFIX)
-    encoder.items = _ITEMS_OUTSIDE_BODY
-    encoder.encode(body, 1)
+    _check_value(body, 1, _Tally(_ITEMS_OUTSIDE_BODY))
 
 
 def _check_name(name: object) -> None:
-    if (
-        not isinstance(name, str)
-        or not 0 < len(name) <= NODE_NAME_MAX_CHARS
-        or not name.isprintable()
-    ):
+    if type(name) is not str or not 0 < len(name) <= NODE_NAME_MAX_CHARS or not name.isprintable():
         raise LocalProtocolError(
             f"node name must be 1..{NODE_NAME_MAX_CHARS} printable characters, got {_quote(name)}"
         )
 
 
 def _check_fixed_bytes(what: str, value: object, length: int) -> None:
-    if not isinstance(value, bytes) or len(value) != length:
+    if type(value) is not bytes or len(value) != length:
         raise LocalProtocolError(f"{what} must be {length} bytes, got {_quote(value)}")
 
 
@@ -348,7 +320,7 @@ class Request:
 
     def __post_init__(self) -> None:
         _check_id(self.id)
-        if not isinstance(self.method, str) or not METHOD_PATTERN.fullmatch(self.method):
+        if type(self.method) is not str or not METHOD_PATTERN.fullmatch(self.method):
             raise LocalProtocolError(
                 f"method must match {METHOD_PATTERN.pattern}, got {_quote(self.method)}"
             )
@@ -367,7 +339,7 @@ class Reply:
 
     def __post_init__(self) -> None:
         _check_id(self.id)
-        if not isinstance(self.ok, bool):
+        if type(self.ok) is not bool:
             raise LocalProtocolError(f"ok must be a bool, got {_quote(self.ok)}")
         _check_body(self.body)
 
@@ -410,7 +382,7 @@ class Hello:
         _check_name(self.name)
         _check_fixed_bytes("nonce", self.nonce, NONCE_BYTES)
         version = self.version
-        if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version <= 0xFFFF:
+        if type(version) is not int or not 0 <= version <= 0xFFFF:
             raise LocalProtocolError(f"version must be an int in 0..65535, got {_quote(version)}")
 
 
@@ -459,12 +431,19 @@ def encode_frame(
 
     Low level, for tests and tools: `Connection.send` is the checked way to send.
     """
-    wire: dict[str, Any] = {"type": message.TYPE, "id": getattr(message, "id", 0)}
+    wire: dict[str, Any] = {"type": message.TYPE, "id": getattr(message, "id", _HANDSHAKE_WIRE_ID)}
     for name in message.FIELDS:
         wire[name] = getattr(message, name)
-    encoder = _Encoder(max_frame_bytes)
-    encoder.encode(wire, 0)
-    return b"".join([encoder.size.to_bytes(LENGTH_PREFIX_BYTES, "big"), *encoder.parts])
+    # Bodies are plain dicts and may have changed since the message was built: check again.
+    tally = _Tally()
+    _check_value(wire, 0, tally)
+    too_big = f"message exceeds the {max_frame_bytes}-byte frame limit"
+    if tally.min_bytes > max_frame_bytes:
+        raise LocalProtocolError(too_big)
+    payload = cbor2.dumps(wire)
+    if len(payload) > max_frame_bytes:
+        raise LocalProtocolError(too_big)
+    return len(payload).to_bytes(LENGTH_PREFIX_BYTES, "big") + payload
 
 
 def decode_payload(payload: bytes) -> Message | HandshakeMessage:
