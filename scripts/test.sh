@@ -5,7 +5,7 @@ set -euo pipefail
 source "$(dirname "$0")/_venv.sh"
 cd "$repo_root"
 echo "== ruff"
-"$venv/bin/ruff" check ringstore tests bench cluster
+"$venv/bin/ruff" check .
 echo "== import contracts"
 "$venv/bin/lint-imports"
 echo "== pytest"
