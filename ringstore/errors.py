@@ -163,3 +163,7 @@ class AttachError(RingstoreError):
     """`ringstore attach` cannot reach a node's admin console, or lost it mid-command."""
 
     http_status = 503
+
+
+class BadFormData(BadRequest):
+    """A multipart/form-data upload (the web page's) that is malformed; nothing was stored."""

@@ -3,30 +3,51 @@
 Rules, in priority order (Q = ring size, M = members, N = n_val):
 
 1. Balance, always: every member owns floor(Q/M) or ceil(Q/M) partitions.
-2. Spacing, always: two partitions of one member are at least `achievable_spacing(M, Q, N)`
-   apart around the ring, so that many consecutive partitions have distinct owners. That is
-   N whenever N distinct owners for every N consecutive partitions can be had at all with
-   rule 1, which is exactly when ceil(Q/M) <= floor(Q/N). Otherwise a member owning
-   c = ceil(Q/M) partitions must have two within floor(Q/c) of each other, so the best
-   spacing is floor(Q/c) < N, and that is what we guarantee. With Q a power of two and
-   M >= N this happens only when M == N is not a power of two (3 nodes at N=3: Q=64 gives
-   22+21+21 partitions, and 22*3 > 64), or on tiny rings (Q=8 with 6 or 7 nodes at N >= 5).
-   The preference list then skips the repeated owner (see Ring.preflist), so replicas stay
-   on distinct nodes anyway. With M < N the spacing is at most M: every window holds all.
-3. Few moves: starting from the previous ring, partitions go only from members above their
-   target count (or from members that left, or that break the spacing) to members below it;
-   a join or leave moves about Q/(M+1), resp. the leaving node's share. When that greedy gets
-   stuck, short chains of moves are searched (one member takes a partition from another
-   that takes one elsewhere). If still stuck, or if the result moved more than needed, the
-   fresh layout below, relabelled and rotated to agree most with the previous ring, is
-   computed and the one moving fewer partitions wins.
+2. Spacing, always: any two partitions of one member are at least
+   `achievable_spacing(M, Q, N)` = min(N, floor(Q / ceil(Q/M))) apart around the ring, so
+   any that many consecutive partitions have distinct owners. That is N (every N
+   consecutive partitions have N distinct owners) exactly when rule 1 allows it at all:
+   when ceil(Q/M) <= floor(Q/N). Otherwise a member owning c = ceil(Q/M) partitions must
+   have two within floor(Q/c) of each other, so floor(Q/c) < N is the best spacing there
+   is, and the one guaranteed (tests/core/test_claim.py checks both by exhaustive search on
+   small rings). With Q a power of two and M >= N, that happens when M == N is not a power
+   of two (3 nodes at N=3: 64 = 22+21+21 and 22*3 > 64, so 2 windows of 3 partitions out
+   of 64 hold a node twice), and when M > N only on rings smaller than N*(N+1) (Q=8 with 6
+   or 7 nodes at N=5). Then every gap is at most N, so each member is short of N distinct
+   in the fewest windows possible (c*N - Q), and Ring.preflist skips a repeated owner, so
+   replicas still land on N distinct nodes. With M < N the spacing is at most M, and every
+   window of N holds every node anyway.
+3. Few moves. From the previous ring, partitions move only to members below their target
+   count, and only from members that left, members whose partitions break the spacing, and
+   members above their target. Measured (and asserted by the tests): with M >= 2N after a
+   join or leave, it moves at most 2x the minimum + 2 (the minimum being floor(Q/M) for a
+   join, the leaving node's share for a leave) and usually exactly the minimum; closer to
+   the spacing's limit, up to about 4x. "Rigid" member lists, where the spacing times
+   ceil(Q/M) is Q (M=2; M == N a power of two), have one layout up to relabelling, so a
+   change into one moves whatever that layout needs.
 
-The fresh layout ("stripe with the wrap-around fixed"): c = ceil(Q/M) rows of floor(Q/c) or
-floor(Q/c)+1 consecutive partitions; the h members owning c partitions take the first h
-columns of every row (so their gaps are the row lengths, >= floor(Q/c)); the others take the
-remaining cells round-robin, which puts their partitions M apart. It needs no search.
+How (riak_core's claim v2 idea, made to keep rule 2):
 
-Cost: O(Q * moves) for the greedy, O(Q * M) per chain search; Q=1024, M=32 takes a few ms.
+- Greedy: the new targets go to who holds most (fewest moves). Unowned partitions (their
+  owner left, or they were freed to restore the spacing) go first, the hardest to place
+  first, each to a member below target that the spacing allows. Then each member below
+  target takes, from members above it, a partition far from its own (an even spread)
+  without wasting the room its later ones need, from the giver with most surplus.
+- Chains, when nobody may take a partition: a member with one partition too near it moves
+  into it, another moves into the partition so vacated, ... until a member below target
+  may take the last vacated one (breadth-first, shortest first; undone if a member's
+  partitions end up crowded).
+- Fresh layout, when the greedy fails or moved more than needed (the fewer moves wins),
+  and for a first ring. Striped when N cannot be met, or the layout is rigid: c = ceil(Q/M)
+  rows of floor(Q/c) or floor(Q/c)+1 partitions; the h members owning c take the first h
+  columns of every row (their gaps are the row lengths, >= floor(Q/c)) and the others the
+  remaining cells round-robin (M apart). Otherwise shuffled (see `_shuffled_slots`): after
+  a leave, a stripe's orphaned partitions can only be taken by one member (its neighbours
+  are the same everywhere), a shuffled layout's by many. Either is relabelled (the stripe
+  also rotated) to agree most with the previous ring.
+
+Deterministic for its arguments (seeds are fixed strings). Measured on Q=1024 with 32 nodes:
+a first ring, a join or a leave each take 10-40 ms.
 """
 
 from __future__ import annotations
@@ -35,14 +56,14 @@ import bisect
 import heapq
 import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from ringstore.core.ring import Ring, check_node_name, check_ring_size
 from ringstore.errors import RingError
 
 SHUFFLE_ATTEMPTS = 8  # seeded tries at a shuffled layout before falling back to the stripe
 MAX_FRESH_ROTATIONS = 16  # rotations tried when fitting the stripe to the old ring
-MAX_RELEASE_TRIES = 64  # partitions offered to the chain search when a taker is stuck
+MAX_RELEASE_TRIES = 16  # partitions offered to the chain search when a taker is stuck
 WASTE_SLACK_FRACTION = 0.1  # below this share of spare room, a taker avoids wasting room
 UNOWNED = ""  # marks a partition whose owner left or was freed; never a valid node name
 
@@ -53,24 +74,20 @@ def achievable_spacing(member_count: int, ring_size: int, n_val: int) -> int:
     return min(n_val, ring_size // most)
 
 
-def achievable_spacing_exact(member_count: int, ring_size: int) -> int:
-    return ring_size // -(-ring_size // member_count)
-
-
 def balanced_counts(member_count: int, ring_size: int) -> tuple[int, int]:
     """(floor(Q/M), ceil(Q/M)): the only partition counts a member may own."""
     low, extra = divmod(ring_size, member_count)
     return low, low + (1 if extra else 0)
 
 
-def claim(members: Sequence[str], ring_size: int, n_val: int, previous: Ring | None = None) -> Ring:
+def claim(members: Iterable[str], ring_size: int, n_val: int, previous: Ring | None = None) -> Ring:
     """A new ring for `members` (version previous.version + 1, or 1); see the module doc.
 
     Deterministic: the same arguments give the same ring, whatever the order of `members`.
     A `previous` ring of another size is ignored except for its version.
     """
-    if isinstance(members, str) or not isinstance(members, Sequence):
-        raise RingError("members must be a sequence of node names")
+    if isinstance(members, str | bytes) or not isinstance(members, Iterable):
+        raise RingError("members must be a collection of node names")
     names = sorted(check_node_name(name) for name in members)
     if not names:
         raise RingError("a ring needs at least one member")
@@ -83,26 +100,26 @@ def claim(members: Sequence[str], ring_size: int, n_val: int, previous: Ring | N
         raise RingError(f"previous must be a Ring or None, got {type(previous)}")
     spacing = achievable_spacing(len(names), ring_size, n_val)
     if previous is None or previous.size != ring_size:
-        owners = _fresh(names, ring_size, spacing, None)
+        owners = _fresh(names, ring_size, spacing, spacing < n_val, None)
     else:
-        owners = _best_from(previous.owners, names, spacing)
+        owners = _best_from(previous.owners, names, spacing, spacing < n_val)
     version = previous.version + 1 if previous is not None else 1
     return Ring(version, tuple(owners))
 
 
-def _best_from(old: tuple[str, ...], names: list[str], spacing: int) -> list[str]:
+def _best_from(old: tuple[str, ...], names: list[str], spacing: int, striped: bool) -> list[str]:
     size = len(old)
     if spacing * -(-size // len(names)) == size:
         # Rigid: every member must own exactly every spacing-th partition, so only the
         # striped layout fits; relabelling it is the only freedom left.
-        return _fresh(names, size, spacing, old)
+        return _fresh(names, size, spacing, True, old)
     greedy = _Greedy(old, names, spacing)
     owners = greedy.run()
     if owners is not None:
         moved = _moves(old, owners)
         if moved <= greedy.needed_moves:
             return owners
-    fresh = _fresh(names, size, spacing, old)
+    fresh = _fresh(names, size, spacing, striped, old)
     if owners is None or _moves(old, fresh) < moved:
         return fresh
     return owners
@@ -120,8 +137,14 @@ def _distances(positions: Sequence[int], size: int) -> list[int]:
     dist = [0] * size
     for i, start in enumerate(ordered):
         gap = (ordered[(i + 1) % len(ordered)] - start) % size or size
-        for k in range(gap):
-            dist[(start + k) % size] = min(k, gap - k)
+        # Counting up from `start`, then down towards the next position.
+        run = [*range(gap // 2 + 1), *range((gap + 1) // 2 - 1, 0, -1)]
+        end = start + gap
+        if end <= size:
+            dist[start:end] = run
+        else:
+            dist[start:] = run[: size - start]
+            dist[: end - size] = run[size - start :]
     return dist
 
 
@@ -327,16 +350,20 @@ class _Greedy:
         return False
 
     def _spaced(self, p: int) -> bool:
-        owner, size = self.owners[p], self.size
-        return all(self.owners[(p + k) % size] != owner for k in range(1, self.spacing))
+        owner, size, owners = self.owners[p], self.size, self.owners
+        return all(
+            owners[(p + k) % size] != owner and owners[(p - k) % size] != owner
+            for k in range(1, self.spacing)
+        )
 
 
 class _Offers:
     """The partitions of members above target that one taker could take, best first.
 
-    A lazy heap: a partition's key (see `_key`) only ever drops while the taker gains
-    partitions and givers lose surplus, so a popped entry whose key is unchanged is the best.
-    Chains of moves break that, so the caller drops its _Offers after one.
+    One lazy heap per giver: a partition's key (see `_key`) gets worse as the taker gains
+    partitions, so an entry whose key is unchanged when it reaches the top is taken (the
+    waste term can turn back off near the end; then the choice is merely good, not the
+    best). Chains of moves change keys arbitrarily, so the caller drops its _Offers.
     """
 
     def __init__(self, greedy: _Greedy, taker: str) -> None:
@@ -350,26 +377,22 @@ class _Offers:
         else:
             self.room = size // spacing
         self.roomy = max(spacing, size // max(1, greedy.target[taker]))
-        self.heap: list[tuple[tuple[int, int, int, int, int], int]] = []
+        self.heaps: dict[str, list[tuple[tuple[int, int, int, int], int]]] = {}
         for giver in greedy.names:
             if greedy._need(giver) < 0:
+                heap = []
                 for p in greedy.held[giver]:
-                    key = self._key(p)
+                    key = self._key(p, giver)
                     if key is not None:
-                        self.heap.append((key, p))
-        heapq.heapify(self.heap)
+                        heap.append((key, p))
+                heapq.heapify(heap)
+                self.heaps[giver] = heap
 
-    def _key(self, p: int) -> tuple[int, int, int, int, int] | None:
-        """Smaller is better: partitions that waste none of the room left for the taker's
-        later partitions (only minded when room runs short); then any as far from its own
-        as an even spread would put them; then the giver with most surplus (givers run dry
-        evenly, so late takers still find partitions); then farther; then the lowest.
-        """
+    def _key(self, p: int, giver: str) -> tuple[int, int, int, int] | None:
+        """Smaller is better, None if the taker may not take `p` from `giver` now."""
         greedy = self.greedy
-        giver = greedy.owners[p]
-        surplus = -greedy._need(giver) if giver else 0
         far = greedy._distance(self.taker)[p]
-        if surplus <= 0 or far < greedy.spacing:
+        if greedy.owners[p] != giver or far < greedy.spacing:
             return None
         waste = 0
         need = greedy._need(self.taker)
@@ -378,18 +401,37 @@ class _Offers:
             i = bisect.bisect(mine, p)
             before, after = (p - mine[i - 1]) % size, (mine[i % len(mine)] - p) % size
             waste = (before + after) // spacing - before // spacing - after // spacing
-        return (waste, -min(far, self.roomy), -surplus, -far, p)
+        return (waste, -min(far, self.roomy), -far, p)
 
     def pop(self) -> int:
-        """The best partition to take now, or -1 if there is none."""
-        while self.heap:
-            key, p = heapq.heappop(self.heap)
-            now = self._key(p)
-            if now == key:
-                return p
-            if now is not None:
-                heapq.heappush(self.heap, (now, p))
-        return -1
+        """The best partition to take now, or -1 if there is none.
+
+        Best: one that wastes none of the room left for the taker's later partitions (only
+        minded when room runs short); then any as far from its own as an even spread would
+        put them; then from the giver with most surplus (givers run dry evenly, so late
+        takers still find partitions); then farther; then the lowest.
+        """
+        best = -1
+        best_key: tuple[int, int, int, int, int] | None = None
+        for giver, heap in self.heaps.items():
+            surplus = -self.greedy._need(giver)
+            if surplus <= 0:
+                continue
+            while heap:
+                key, p = heap[0]
+                now = self._key(p, giver)
+                if now == key:
+                    break
+                if now is None:
+                    heapq.heappop(heap)
+                else:
+                    heapq.heapreplace(heap, (now, p))
+            if heap:
+                (waste, roomy, far, p), _ = heap[0]
+                rank = (waste, roomy, -surplus, far, p)
+                if best_key is None or rank < best_key:
+                    best, best_key = p, rank
+        return best
 
     def took(self, p: int) -> None:
         size, spacing, mine = self.greedy.size, self.greedy.spacing, self.mine
@@ -403,9 +445,15 @@ class _Offers:
         bisect.insort(mine, p)
 
 
-def _fresh(names: list[str], size: int, spacing: int, old: tuple[str, ...] | None) -> list[str]:
-    """A new layout, labelled (and, if striped, rotated) to agree most with `old`."""
-    slots = _shuffled_slots(len(names), size, spacing)
+def _fresh(
+    names: list[str], size: int, spacing: int, striped: bool, old: tuple[str, ...] | None
+) -> list[str]:
+    """A new layout, labelled (and, if striped, rotated) to agree most with `old`.
+
+    Striped when asked (N distinct owners per N partitions cannot be had: the stripe keeps
+    the fewest windows short of N) or when nothing else fits; shuffled otherwise.
+    """
+    slots = None if striped else _shuffled_slots(len(names), size, spacing)
     shifts = 1
     if slots is None:
         slots = _striped_slots(len(names), size)
@@ -425,42 +473,74 @@ def _fresh(names: list[str], size: int, spacing: int, old: tuple[str, ...] | Non
 
 
 def _shuffled_slots(member_count: int, size: int, spacing: int) -> list[int] | None:
-    """Rounds of every slot once, each round in a different (seeded, fixed) order.
+    """Slots in rounds of every slot once, each round in a different (seeded, fixed) order.
 
     Unlike the stripe, the neighbours of a slot differ from round to round, so when a member
-    leaves, the partitions it owned have different members able to take them. Returns None
-    if the seeded attempts all end without the spacing (the caller then uses the stripe).
+    leaves, different members can take the partitions it owned. Built partition by partition:
+    a random slot among those with most partitions left that the spacing allows, unless
+    taking it would leave some slot unable to place its remaining partitions before its
+    deadline (earliest-deadline-first says so); then the slot with the earliest deadline.
+    Only used with room to spare (spacing below the most balance allows); returns None if
+    every seeded attempt gets stuck, and the caller uses the stripe.
     """
-    if spacing >= achievable_spacing_exact(member_count, size):
-        return None
     most = -(-size // member_count)
+    if spacing * most == size:
+        return None
     heavy = size % member_count or member_count
     for attempt in range(SHUFFLE_ATTEMPTS):
         rng = random.Random(f"ringstore.claim/{member_count}/{size}/{spacing}/{attempt}")
         left = [most] * heavy + [most - 1] * (member_count - heavy)
         first = [-1] * member_count
         last = [-size] * member_count
+        # due[slot]: the latest partition its next one can go in and still leave room for
+        # the rest before it wraps around to its first (unbounded once it has none left).
+        due = [size - 1 - (count - 1) * spacing for count in left]
         slots: list[int] = []
+        every_slot = range(member_count)
         for p in range(size):
-            able = [
-                s
-                for s in range(member_count)
-                if left[s]
-                and p - last[s] >= spacing
-                and (first[s] < 0 or first[s] + size - p >= spacing)
-            ]
+            free_since = p - spacing
+            able = [slot for slot in every_slot if left[slot] and last[slot] <= free_since]
+            if p > size - spacing:
+                able = [
+                    slot for slot in able if first[slot] < 0 or first[slot] > p - size + spacing - 1
+                ]
             if not able:
                 break
-            top = max(left[s] for s in able)
-            pick = rng.choice([s for s in able if left[s] == top])
+            top = max(left[slot] for slot in able)
+            pick = rng.choice([slot for slot in able if left[slot] == top])
+            if not _still_feasible(due, pick, _due_after(pick, p, first, left, size, spacing), p):
+                pick = min(able, key=lambda slot: (due[slot], slot))
+            due[pick] = _due_after(pick, p, first, left, size, spacing)
             left[pick] -= 1
-            last[pick] = p
             if first[pick] < 0:
                 first[pick] = p
+            last[pick] = p
             slots.append(pick)
         else:
             return slots
     return None
+
+
+def _due_after(
+    slot: int, p: int, first: list[int], left: list[int], size: int, spacing: int
+) -> int:
+    """The slot's deadline once it takes partition p."""
+    if left[slot] == 1:
+        return 2 * size
+    start = first[slot] if first[slot] >= 0 else p
+    return start + size - spacing - (left[slot] - 2) * spacing
+
+
+def _still_feasible(due: list[int], pick: int, picked_due: int, p: int) -> bool:
+    """Earliest-deadline-first can still meet every deadline after `pick` takes p."""
+    before = due[pick]
+    due[pick] = picked_due
+    try:
+        if min(due) > p + len(due):
+            return True
+        return all(d > p + k for k, d in enumerate(sorted(due)))
+    finally:
+        due[pick] = before
 
 
 def _labels(slots: list[int], old: tuple[str, ...], names: list[str]) -> list[str]:

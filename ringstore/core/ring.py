@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from ringstore.core import hashing
@@ -21,7 +21,7 @@ def check_ring_size(size: object) -> int:
     if type(size) is not int or not MIN_RING_SIZE <= size <= MAX_RING_SIZE or size & (size - 1):
         raise RingError(
             f"ring size must be a power of two from {MIN_RING_SIZE} to {MAX_RING_SIZE}, "
-            f"got {size!r}"
+            f"got {size!r:.80}"
         )
     return size
 
@@ -102,13 +102,15 @@ class Ring:
         if not isinstance(owners, tuple):
             raise RingError(f"ring owners must be a tuple of node names, got {type(owners)}")
         check_ring_size(len(owners))
+        if not all(type(name) is str for name in owners):
+            raise RingError("ring owners must be node names (str)")
         distinct = set(owners)
         for name in distinct:
             check_node_name(name)
         object.__setattr__(self, "_members", tuple(sorted(distinct)))
 
     @classmethod
-    def initial(cls, members: Sequence[str], size: int = DEFAULT_RING_SIZE, n_val: int = 3) -> Ring:
+    def initial(cls, members: Iterable[str], size: int = DEFAULT_RING_SIZE, n_val: int = 3) -> Ring:
         """The first ring (version 1) of a cluster of `members`."""
         from ringstore.core.claim import claim  # claim builds Rings: import here, not in a cycle
 
@@ -169,6 +171,8 @@ class Ring:
         size = len(self.owners)
         _check_int(partition, "partition", 0, size - 1)
         _check_int(n, "n", 1, size)
+        if isinstance(up, str | bytes):
+            raise RingError("up must be a collection of node names, not one name")
         owners = self.owners
         seen: set[str] = set()
         primaries: list[tuple[int, str]] = []
@@ -220,11 +224,13 @@ class Ring:
         indices = data["owners"]
         if not isinstance(nodes, list | tuple) or not isinstance(indices, list | tuple):
             raise RingError("ring nodes and owners must be lists")
+        check_ring_size(len(indices))
+        if len(nodes) > len(indices):
+            raise RingError("a ring lists more nodes than it has partitions")
         for name in nodes:
             check_node_name(name)
         if list(nodes) != sorted(set(nodes)):
             raise RingError("ring nodes must be distinct and sorted")
-        check_ring_size(len(indices))
         for i in indices:
             _check_int(i, "owner index", 0, len(nodes) - 1)
         if len(set(indices)) != len(nodes):
