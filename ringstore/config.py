@@ -10,6 +10,8 @@ from typing import Any
 
 from ringstore.errors import BadRequest
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")  # Python logging's level names
+
 
 class ConfigError(BadRequest):
     """A configuration file that cannot be used; the message names the option."""
@@ -64,6 +66,9 @@ class NodeConfig:
     # Replicas per object unless a bucket says otherwise.
     n_val: int = 3
     log_level: str = "INFO"
+    # `ringstore serve` logs here as well as to stderr; None: node.log in the data directory,
+    # so a node's log travels with its data.
+    log_file: Path | None = None
     secret_file: Path | None = None
     members: tuple[PeerAddress, ...] = ()
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -75,6 +80,13 @@ class NodeConfig:
             raise ConfigError("ring_size must be a power of two between 8 and 1024")
         if not 1 <= self.n_val <= 10:
             raise ConfigError("n_val must be between 1 and 10")
+        if not isinstance(self.log_level, str) or self.log_level.upper() not in LOG_LEVELS:
+            raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+
+    @property
+    def log_path(self) -> Path:
+        """Where `ringstore serve` writes this node's log file."""
+        return self.log_file if self.log_file is not None else self.data_dir / "node.log"
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -99,8 +111,11 @@ def load_config(path: Path) -> NodeConfig:
     if "data_dir" not in node or "name" not in node:
         raise ConfigError(f"{path}: [node] needs name and data_dir")
     node["data_dir"] = (base / node["data_dir"]).resolve()
-    if "secret_file" in node:
-        node["secret_file"] = (base / node["secret_file"]).resolve()
+    for name in ("secret_file", "log_file"):
+        if name in node:
+            if not isinstance(node[name], str) or not node[name]:
+                raise ConfigError(f"{path}: [node] {name} must be a non-empty path string")
+            node[name] = (base / node[name]).resolve()
     node["storage"] = _build(StorageConfig, dict(raw.get("storage", {})), "[storage]")
     node["members"] = tuple(
         _build(PeerAddress, dict(member), "[[members]]") for member in raw.get("members", [])

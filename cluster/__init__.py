@@ -1,0 +1,1 @@
+"""The local development cluster: its definition (local.toml) and process harness (harness.py)."""

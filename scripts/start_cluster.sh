@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Start the local development cluster (N nodes, default from cluster/local.toml: 3) in the
+# background and wait until every node is up; print where the nodes are and what to try.
+# Run again, it starts only the nodes that are down (on their data) and never a second cluster.
+# RINGSTORE_CLUSTER_RUN_DIR and RINGSTORE_CLUSTER_PORT_BASE choose another directory and ports.
+set -euo pipefail
+source "$(dirname "$0")/_cluster_env.sh"
+exec "$python" -m cluster start "$@"
