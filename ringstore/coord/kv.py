@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import blake3
@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 # Chunks of one upload in flight between reading the body and replicating it: enough to
 # overlap the two, small enough that memory stays bounded by concurrency x chunk size.
 UPLOAD_PIPELINE_CHUNKS = 2
+# Chunks queued for one replica beyond the one it is storing. A replica further behind
+# stops receiving the upload (so a slow disk or link never slows the put or grows memory)
+# and gets the chunks it lacks when the new version reaches it.
+UPLOAD_LAG_CHUNKS = 2
 KEY_LIST_BATCH = 1000  # keys per streamed batch of a key listing
 # A bucket or key of a listing crosses the HTTP layer as a batch: bounded like everything else.
 CHUNK_CALL_TIMEOUT_S = 30.0  # one chunk (<= 16 MiB) to one replica, even on a slow disk
@@ -174,6 +178,7 @@ class Coordinator:
         wall_clock: Callable[[], float] = time.time,
         version: str = "",
         extra_stats: Callable[[], Mapping[str, object]] | None = None,
+        round_trip_s: Callable[[str], float | None] = lambda node: None,
     ) -> None:
         self.node = node
         self._secret = secret
@@ -187,6 +192,7 @@ class Coordinator:
         self._wall_clock = wall_clock
         self._version = version
         self._extra_stats = extra_stats
+        self._round_trip_s = round_trip_s
         self.stats = CoordinatorStats()
         self._background: trio.Nursery | None = None
 
@@ -207,6 +213,17 @@ class Coordinator:
 
     def targets(self, bucket: bytes, key: bytes, n: int) -> tuple[Target, ...]:
         return self._ring().key_preflist(bucket, key, n, self._up_nodes()).targets
+
+    def nearest_first(self, nodes: Iterable[str]) -> list[str]:
+        """This node, then the others by their last ping's round trip (unknown ones last)."""
+
+        def distance(node: str) -> tuple[int, float]:
+            if node == self.node:
+                return (0, 0.0)
+            rtt = self._round_trip_s(node)
+            return (1, rtt) if rtt is not None else (2, 0.0)
+
+        return sorted(nodes, key=distance)
 
     def _now_us(self) -> int:
         return int(self._wall_clock() * 1_000_000)
@@ -324,7 +341,9 @@ class Coordinator:
         options = resolve_options(props, query, "put")
         vv = self._decode_context(bucket, key, context)
         targets = self._writable_targets(bucket, key, options)
-        content, holders = await self._receive_value(meta, body, targets)
+        content, holders = await self._receive_value(
+            meta, body, targets, max(options.w, options.dw, 1)
+        )
         if check is not None:
             check.verify()
         obj = await self._coordinated_put(bucket, key, content, vv, options, props, holders)
@@ -371,41 +390,50 @@ class Coordinator:
         return targets
 
     async def _receive_value(
-        self, meta: WriteMeta, body: AsyncIterator[bytes], targets: Sequence[Target]
+        self,
+        meta: WriteMeta,
+        body: AsyncIterator[bytes],
+        targets: Sequence[Target],
+        needed: int,
     ) -> tuple[Content, list[str]]:
         """Read the body: small values inline, large ones chunked and streamed to the replicas.
 
-        Returns the content and the nodes that hold every chunk of it.
+        Returns the content and the replicas that hold every chunk of it (every target for
+        an inline value): the ones that may coordinate the new version.
         """
         whole = blake3.blake3()
         head = bytearray()
         chunker: Chunker | None = None
         chunks: list[bytes] = []
-        holders = [t.node for t in targets]
+        fan_out_chunks = _ChunkFanOut(self, [t.node for t in targets], needed)
         send, receive = trio.open_memory_channel[bytes](UPLOAD_PIPELINE_CHUNKS)
 
         async def replicate() -> None:
             async with receive:
                 async for chunk in receive:
-                    chunks.append(await self._replicate_chunk(chunk, holders))
+                    chunks.append(await fan_out_chunks.send(chunk))
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(replicate)
-            async with send:
-                async for piece in body:
-                    whole.update(piece)
-                    if chunker is None:
-                        head += piece
-                        if len(head) <= self.inline_max:
-                            continue
-                        chunker = Chunker(self.chunk_size)
-                        piece, head = bytes(head), bytearray()
-                    for chunk in chunker.feed(piece):
-                        await send.send(chunk)
-                if chunker is not None:
-                    last = chunker.finish()
-                    if last is not None:
-                        await send.send(last)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(replicate)
+                async with send:
+                    async for piece in body:
+                        whole.update(piece)
+                        if chunker is None:
+                            head += piece
+                            if len(head) <= self.inline_max:
+                                continue
+                            chunker = Chunker(self.chunk_size)
+                            piece, head = bytes(head), bytearray()
+                        for chunk in chunker.feed(piece):
+                            await send.send(chunk)
+                    if chunker is not None:
+                        last = chunker.finish()
+                        if last is not None:
+                            await send.send(last)
+            holders = await fan_out_chunks.finish() if chunker else [t.node for t in targets]
+        finally:
+            fan_out_chunks.close()
         fields = dict(
             content_type=meta.content_type,
             charset=meta.charset,
@@ -425,28 +453,6 @@ class Coordinator:
         )
         return content, holders
 
-    async def _replicate_chunk(self, chunk: bytes, holders: list[str]) -> bytes:
-        """Write one chunk to every holder at once; a holder that fails stops being one."""
-        digest = chunk_hash(chunk)
-        failed: list[str] = []
-
-        async def write(node: str) -> None:
-            try:
-                with trio.fail_after(CHUNK_CALL_TIMEOUT_S):
-                    await self._clients(node).write_chunk(chunk, digest)
-            except (RingstoreError, trio.TooSlowError) as exc:
-                log.warning("chunk %s to %s failed: %s", digest.hex()[:12], node, exc)
-                failed.append(node)
-
-        async with trio.open_nursery() as nursery:
-            for node in holders:
-                nursery.start_soon(write, node)
-        for node in failed:
-            holders.remove(node)
-        if not holders:
-            raise QuorumError("w", 0, 1, "no replica could store the value's chunks")
-        return digest
-
     async def _coordinated_put(
         self,
         bucket: bytes,
@@ -457,19 +463,21 @@ class Coordinator:
         props: BucketProps,
         holders: Sequence[str],
     ) -> Object:
-        """One replica makes the new version; the others merge it; answer at W/DW/PW."""
-        targets = [t for t in self._writable_targets(bucket, key, options) if t.node in holders]
-        if not targets:
+        """One replica makes the new version; the others merge it; answer at W/DW/PW.
+
+        The coordinating replica is one that holds every chunk (this node first when it is
+        one); if it fails, the next one tries. Replicas that fell behind during the upload
+        get the version too, and the chunks they lack with it (`_push_object`).
+        """
+        targets = self._writable_targets(bucket, key, options)
+        by_node = {t.node: t for t in targets}
+        candidates = [by_node[n] for n in self.nearest_first(holders) if n in by_node]
+        if not candidates:
             raise QuorumError("w", 0, options.w, "no replica holds the value")
         lww = props.last_write_wins
-        coordinator = next((t for t in targets if t.node == self.node), targets[0])
-        try:
-            with trio.fail_after(options.timeout_ms / 1000):
-                new = await self._clients(coordinator.node).coordinate_put(
-                    bucket, key, content, context, lww
-                )
-        except trio.TooSlowError:
-            raise RequestTimeout(f"request timed out at coordinator {coordinator.node}") from None
+        new, coordinator = await self._coordinate(
+            bucket, key, content, context, lww, candidates, options.timeout_ms / 1000
+        )
         core = PutCore(
             options.n,
             options.w,
@@ -478,10 +486,11 @@ class Coordinator:
             primaries=sum(1 for t in targets if t.primary),
         )
         core.add_result(coordinator.node, coordinator.primary, "dw")
-        others = [t for t in targets if t is not coordinator]
+        others = [t for t in targets if t.node != coordinator.node]
+        sources = [coordinator.node, *(n for n in holders if n != coordinator.node)]
 
         async def call(target: Target) -> None:
-            await self._push_object(target.node, bucket, key, new, [coordinator.node], lww)
+            await self._push_object(target.node, bucket, key, new, sources, lww)
 
         def on_outcome(outcome: Outcome[None]) -> bool:
             t = outcome.target
@@ -498,6 +507,37 @@ class Coordinator:
             self.stats.quorum_failures += 1
             raise answer.error()
         return new
+
+    async def _coordinate(
+        self,
+        bucket: bytes,
+        key: bytes,
+        content: Content,
+        context: VersionVector | None,
+        lww: bool,
+        candidates: Sequence[Target],
+        timeout_s: float,
+    ) -> tuple[Object, Target]:
+        """Have the first candidate that can make the new version make it.
+
+        A retry after an ambiguous failure can at worst add the value twice as siblings:
+        at-least-once, never lost.
+        """
+        failures: list[str] = []
+        with trio.move_on_after(timeout_s):
+            for candidate in candidates:
+                try:
+                    new = await self._clients(candidate.node).coordinate_put(
+                        bucket, key, content, context, lww
+                    )
+                except RingstoreError as exc:
+                    if isinstance(exc, BadRequest):
+                        raise
+                    failures.append(f"{candidate.node}: {exc}")
+                    continue
+                return new, candidate
+            raise QuorumError("w", 0, 1, "no replica could coordinate: " + "; ".join(failures))
+        raise RequestTimeout("request timed out while coordinating the new version")
 
     async def _push_object(
         self,
@@ -574,7 +614,7 @@ class Coordinator:
             return
         props = await self.get_props(bucket)
         nodes = [t.node for t in self.targets(bucket, key, props.n_val)]
-        sources = sorted(nodes, key=lambda node: node != self.node)
+        sources = self.nearest_first(nodes)
         size = self.chunk_size
         for index in range(start // size, (end + size - 1) // size):
             data = await self._fetch_chunk(content.chunks[index], sources)
@@ -631,6 +671,91 @@ class Coordinator:
         if self._extra_stats is not None:
             stats.update(self._extra_stats())
         return NodeInfo(self.node, self._version, stats)
+
+
+class _ChunkFanOut:
+    """Streams one upload's chunks to its replicas, each through its own bounded queue.
+
+    Each replica stores its chunks in order, so `acked[node]` chunks are a prefix of the
+    value. `send` returns once `needed` replicas hold the chunk; the rest catch up in the
+    coordinator's background nursery or, if they fall `UPLOAD_LAG_CHUNKS` behind, are dropped.
+    """
+
+    def __init__(self, owner: Coordinator, nodes: Sequence[str], needed: int) -> None:
+        self._owner = owner
+        self._needed = needed
+        self._sent = 0
+        self.acked = dict.fromkeys(nodes, 0)
+        self._alive = set(nodes)
+        self._queues: dict[str, trio.MemorySendChannel[tuple[bytes, bytes]]] = {}
+        self._changed = trio.Event()
+        self._started = False
+
+    def _start(self) -> None:
+        self._started = True
+        for node in self.acked:
+            send, receive = trio.open_memory_channel[tuple[bytes, bytes]](UPLOAD_LAG_CHUNKS)
+            self._queues[node] = send
+            self._owner.background.start_soon(self._store, node, receive)
+
+    async def _store(
+        self, node: str, receive: trio.MemoryReceiveChannel[tuple[bytes, bytes]]
+    ) -> None:
+        async with receive:
+            async for digest, chunk in receive:
+                try:
+                    with trio.fail_after(CHUNK_CALL_TIMEOUT_S):
+                        await self._owner._clients(node).write_chunk(chunk, digest)
+                except (RingstoreError, trio.TooSlowError) as exc:
+                    log.warning("chunk %s to %s failed: %s", digest.hex()[:12], node, exc)
+                    self._drop(node)
+                    return
+                self.acked[node] += 1
+                self._notify()
+
+    def _drop(self, node: str) -> None:
+        self._alive.discard(node)
+        self._queues[node].close()
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def send(self, chunk: bytes) -> bytes:
+        if not self._started:
+            self._start()
+        digest = chunk_hash(chunk)
+        index = self._sent
+        self._sent += 1
+        for node in sorted(self._alive):
+            try:
+                self._queues[node].send_nowait((digest, chunk))
+            except trio.WouldBlock:
+                log.info("replica %s fell behind an upload; it catches up later", node)
+                self._drop(node)
+        while True:
+            holding = sum(1 for node in self._alive if self.acked[node] > index)
+            if self._alive and holding >= min(self._needed, len(self._alive)):
+                return digest
+            if not self._alive:
+                raise QuorumError("w", 0, 1, "no replica could store the value's chunks")
+            await self._changed.wait()
+
+    async def finish(self) -> list[str]:
+        """The replicas holding every chunk, once at least one does (or none can)."""
+        while True:
+            ready = [n for n in self.acked if n in self._alive and self.acked[n] == self._sent]
+            if ready or not self._alive:
+                break
+            await self._changed.wait()
+        if not ready:
+            raise QuorumError("w", 0, 1, "no replica could store the value's chunks")
+        return ready
+
+    def close(self) -> None:
+        for queue in self._queues.values():
+            queue.close()
 
 
 def _resolved(obj: Object) -> Object:

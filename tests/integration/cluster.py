@@ -1,8 +1,14 @@
-"""Real nodes in one Trio run: TCP on 127.0.0.1 with ephemeral ports, LMDB on tmp dirs."""
+"""Real nodes in one Trio run: TCP on 127.0.0.1 with ephemeral ports, LMDB on tmp dirs.
+
+Or, given a `MemoryNetwork`, `memory_stores()` and `serve_http=False`, the same nodes on the
+in-memory network with in-memory engines and no sockets at all: thread-free, so they run
+under `MockClock(autojump_threshold=0)`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,6 +19,8 @@ from ringstore.config import NodeConfig, PeerAddress, StorageConfig, TlsConfig
 from ringstore.coord.api import WriteMeta
 from ringstore.net.memnet import MemoryNetwork
 from ringstore.node import Node
+from ringstore.storage.engine import StorageEngine
+from ringstore.storage.memory import MemoryStore
 
 SECRET = b"integration-test-secret"
 START_TIMEOUT_S = 20.0
@@ -22,6 +30,26 @@ TEXT = WriteMeta(content_type="text/plain")
 async def body_of(data: bytes, piece: int = 64 * 1024) -> AsyncIterator[bytes]:
     for start in range(0, len(data), piece):
         yield data[start : start + piece]
+
+
+# (node config, the engine of the node's previous run or None) -> the engine for this run.
+StorageFactory = Callable[[NodeConfig, StorageEngine | None], StorageEngine]
+
+
+def memory_stores(wall_clock: Callable[[], float] = time.time) -> StorageFactory:
+    """In-memory engines; a restarted node recovers what its previous engine made durable."""
+
+    def make(config: NodeConfig, previous: StorageEngine | None) -> StorageEngine:
+        if isinstance(previous, MemoryStore):
+            return MemoryStore.recover(previous)
+        return MemoryStore(
+            ring_size=config.ring_size,
+            inline_max=config.storage.inline_max,
+            chunk_size=config.storage.chunk_size,
+            wall_clock=wall_clock,
+        )
+
+    return make
 
 
 class Cluster:
@@ -37,9 +65,15 @@ class Cluster:
         storage: StorageConfig | None = None,
         ring_size: int = 16,
         tls: TlsConfig | None = None,
+        storage_factory: StorageFactory | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        serve_http: bool = True,
     ) -> None:
         self.nursery = nursery
         self.network = network
+        self.storage_factory = storage_factory
+        self.wall_clock = wall_clock
+        self.serve_http = serve_http
         self.names = [f"n{i}" for i in range(1, count + 1)]
         self.addresses: dict[str, Any] = {}
         members = tuple(PeerAddress(name, "127.0.0.1", 0) for name in self.names)
@@ -70,8 +104,18 @@ class Cluster:
             if other != name and other not in addresses:
                 addresses[other] = ("127.0.0.1", 1) if self.network is None else other
         transport = self.network.transport(name) if self.network is not None else None
+        storage = None
+        if self.storage_factory is not None:
+            previous = self.nodes[name].storage if name in self.nodes else None
+            storage = self.storage_factory(self.configs[name], previous)
         node = Node(
-            self.configs[name], secret=SECRET, addresses=addresses, transport=transport
+            self.configs[name],
+            secret=SECRET,
+            addresses=addresses,
+            transport=transport,
+            storage=storage,
+            wall_clock=self.wall_clock,
+            serve_http=self.serve_http,
         )
         self.nodes[name] = node
         stopped = self._stopped[name] = trio.Event()
@@ -110,6 +154,14 @@ class Cluster:
         """Poll a condition spread over several nodes (no single event covers it)."""
         with trio.fail_after(timeout_s):
             while not condition():  # noqa: ASYNC110
+                await trio.sleep(0.01)
+
+    async def wait_for(
+        self, check: Callable[[], Awaitable[bool]], timeout_s: float = START_TIMEOUT_S
+    ) -> None:
+        """Poll an async condition, such as what a replica's storage holds (no event for it)."""
+        with trio.fail_after(timeout_s):
+            while not await check():  # noqa: ASYNC110
                 await trio.sleep(0.01)
 
     async def wait_views(self, wanted) -> None:

@@ -1,0 +1,231 @@
+"""Large uploads over real TCP and LMDB: aborted uploads, chunk refusal, bounded memory.
+
+A client that vanishes mid-upload must leave no object and only unreferenced chunks for the
+sweeper; a replica must refuse an object naming chunks it lacks and say which; and a put or
+read streams chunk by chunk, so its memory is bounded by the pipeline, not the object size.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tracemalloc
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import blake3
+import pytest
+
+from ringstore.config import StorageConfig
+from ringstore.coord.kv import UPLOAD_PIPELINE_CHUNKS
+from ringstore.coord.remote import RemoteReplica
+from ringstore.core import versions
+from ringstore.core.hashing import chunk_hash
+from ringstore.core.versions import Content, Object
+from ringstore.errors import MissingChunks
+from tests.integration.cluster import TEXT, Cluster, body_of
+
+pytestmark = pytest.mark.integration
+
+CHUNK = 4096  # the Cluster's default chunk size (values above 1024 bytes are chunked)
+MIB = 1024 * 1024
+BIG_CHUNK = MIB
+BIG_OBJECT = 48 * MIB
+BODY_PIECE = 64 * 1024  # what an HTTP body iterator typically yields at a time
+
+# The bounds below count the chunk-sized buffers that can be alive at once. The coordinator
+# here holds no replica, so every chunk crosses the network: the worst case.
+# - The coordinator's upload pipeline: the chunker's partial chunk, UPLOAD_PIPELINE_CHUNKS
+#   chunks queued for replication, the chunk being replicated and the one waiting to be queued.
+PIPELINE_CHUNKS = UPLOAD_PIPELINE_CHUNKS + 3
+# - One chunk crossing one peer connection: the sender's encoded frame, and on the receiver
+#   the frame buffer, the frame's payload and the value decoded from it.
+COPIES_PER_TRANSFER = 4
+REPLICAS = 3  # n_val: a put streams each chunk to every replica at once
+# - Allocator over-allocation (a growing bytearray keeps up to 1/8 spare) and the small objects
+#   of everything else the nodes do meanwhile: tracemalloc sees the whole process.
+SLACK_CHUNKS = 1
+PUT_BOUND_CHUNKS = PIPELINE_CHUNKS + REPLICAS * COPIES_PER_TRANSFER + SLACK_CHUNKS  # 18
+# A read fetches one chunk at a time: the chunk the consumer still holds while the next is
+# fetched, the replica's copy read from its file, and that chunk's transfer.
+READ_BOUND_CHUNKS = 2 + COPIES_PER_TRANSFER + SLACK_CHUNKS  # 7
+
+
+class ClientGone(Exception):
+    """What the HTTP layer's body iterator raises when the client disconnects."""
+
+
+def leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaves(inner)]
+    return [exc]
+
+
+async def lazy_body(seed: int, size: int) -> AsyncIterator[bytes]:
+    """`size` seeded random bytes made piece by piece: the body never exists whole."""
+    rng = random.Random(seed)
+    for start in range(0, size, BODY_PIECE):
+        yield rng.randbytes(min(BODY_PIECE, size - start))
+
+
+async def digest_of(pieces: AsyncIterator[bytes]) -> str:
+    hasher = blake3.blake3()
+    async for piece in pieces:
+        hasher.update(piece)
+    return hasher.hexdigest()
+
+
+async def peak_memory_during(operation: Callable[[], Awaitable[object]]) -> int:
+    """Peak bytes allocated (by any thread) while `operation` runs, above the level before."""
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        await operation()
+        return tracemalloc.get_traced_memory()[1] - baseline
+    finally:
+        tracemalloc.stop()
+
+
+def chunked_object(parts: list[bytes]) -> Object:
+    """A version of a chunked value made by some other replica (its own actor)."""
+    content = Content(
+        content_type="application/octet-stream",
+        charset=None,
+        content_encoding=None,
+        user_meta=(),
+        links=(),
+        size=sum(len(p) for p in parts),
+        etag=blake3.blake3(b"".join(parts)).hexdigest(),
+        last_modified_us=1_700_000_000_000_000,
+        inline=None,
+        chunks=tuple(chunk_hash(p) for p in parts),
+    )
+    actor = versions.make_actor("elsewhere", versions.new_epoch(random.Random(7)))
+    return versions.coordinate(None, content, None, actor, key_epoch=0)
+
+
+@pytest.fixture
+async def cluster3(nursery, tmp_path):
+    cluster = Cluster(nursery, tmp_path, 3)
+    await cluster.start()
+    yield cluster
+    cluster.stop_all()
+
+
+async def test_client_gone_mid_upload_leaves_no_object_and_only_sweepable_chunks(cluster3):
+    nodes = cluster3.running()
+    before = {node.name: node.storage.statistics() for node in nodes}
+    value = os.urandom(4 * CHUNK + 1)
+    sent = [chunk_hash(value[i : i + CHUNK]) for i in range(0, 4 * CHUNK, CHUNK)]
+
+    async def every_replica_has_the_sent_chunks() -> bool:
+        for node in nodes:
+            if await node.storage.missing_chunks(sent):
+                return False
+        return True
+
+    async def disconnecting_body() -> AsyncIterator[bytes]:
+        async for piece in body_of(value, 1000):
+            yield piece
+        # Only once the four whole chunks are on every replica: the test is about chunks
+        # that were really sent, not about a race with their replication.
+        await cluster3.wait_for(every_replica_has_the_sent_chunks)
+        raise ClientGone("connection reset by client")
+
+    with pytest.raises(BaseException) as failed:  # noqa: B017 (checked just below)
+        await nodes[0].coordinator.put(b"b", b"k", TEXT, disconnecting_body(), None, {"w": "3"})
+    assert [type(leaf) for leaf in leaves(failed.value)] == [ClientGone]
+
+    for node in nodes:
+        assert await node.replica.get(b"b", b"k") is None
+        assert (await node.coordinator.get(b"b", b"k", {"r": "3"})).object is None
+        stats = node.storage.statistics()
+        assert stats.objects == before[node.name].objects
+        assert stats.chunks == before[node.name].chunks + len(sent)
+        assert not await node.storage.missing_chunks(sent)
+    # Within the grace period the chunks stay (an upload in flight may still commit them).
+    for node in nodes:
+        assert await node.storage.sweep(grace_s=3600) == 0
+    for node in nodes:
+        assert await node.storage.sweep(grace_s=0) == len(sent)
+        assert node.storage.statistics().chunks == before[node.name].chunks
+        assert await node.storage.missing_chunks(sent) == frozenset(sent)
+
+
+async def test_replica_refuses_an_object_whose_chunks_it_lacks_and_names_them(cluster3):
+    n1, n2 = cluster3.nodes["n1"], cluster3.nodes["n2"]
+    held = os.urandom(CHUNK)
+    lacking = [os.urandom(CHUNK), os.urandom(100)]
+    await n1.replica.write_chunk(held, chunk_hash(held))
+    obj = chunked_object([held, *lacking])
+    content = obj.siblings()[0]
+    wanted = {chunk_hash(part) for part in lacking}
+    objects_before = n1.storage.statistics().objects
+
+    with pytest.raises(MissingChunks) as refused:
+        await n1.replica.merge_put(b"b", b"k", obj, False)
+    assert refused.value.missing == wanted
+    with pytest.raises(MissingChunks) as refused:
+        await n1.replica.coordinate_put(b"b", b"k", content, None, False)
+    assert refused.value.missing == wanted
+
+    async def call(peer: str, method: str, body: dict, timeout_s: float) -> dict:
+        return await n2.peers.call(peer, method, body, timeout_s=timeout_s)
+
+    # The refusal and its list of hashes survive the trip over the peer protocol.
+    over_the_wire = RemoteReplica("n1", call)
+    with pytest.raises(MissingChunks) as refused:
+        await over_the_wire.merge_put(b"b", b"k", obj, False)
+    assert refused.value.missing == wanted
+    assert await n1.replica.get(b"b", b"k") is None
+    assert n1.storage.statistics().objects == objects_before
+
+    # Sent exactly what it named, the replica commits, and the record now holds the chunks.
+    for part in lacking:
+        await over_the_wire.write_chunk(part, chunk_hash(part))
+    assert await over_the_wire.merge_put(b"b", b"k", obj, False) == obj
+    assert await n1.replica.get(b"b", b"k") == obj
+    assert await n1.storage.sweep(grace_s=0) == 0
+
+
+@pytest.fixture
+async def big_chunk_cluster(nursery, tmp_path):
+    """Four nodes with 1 MiB chunks: a key's three replicas leave one node outside."""
+    storage = StorageConfig(inline_max=16 * 1024, chunk_size=BIG_CHUNK)
+    cluster = Cluster(nursery, tmp_path, 4, storage=storage)
+    await cluster.start()
+    yield cluster
+    cluster.stop_all()
+
+
+def outsider(cluster: Cluster, key: bytes):
+    """The node that holds no replica of `key`: everything it moves crosses the network."""
+    ring = cluster.nodes["n1"].ring
+    replicas = {t.node for t in ring.key_preflist(b"b", key, 3, frozenset(cluster.names)).targets}
+    (name,) = set(cluster.names) - replicas
+    return cluster.nodes[name]
+
+
+async def test_put_and_read_memory_is_bounded_by_chunks_in_flight_not_object_size(
+    big_chunk_cluster,
+):
+    node = outsider(big_chunk_cluster, b"big")
+
+    async def upload() -> None:
+        await node.coordinator.put(b"b", b"big", TEXT, lazy_body(1, BIG_OBJECT), None, {"w": "3"})
+
+    peak = await peak_memory_during(upload)
+    assert peak < PUT_BOUND_CHUNKS * BIG_CHUNK < BIG_OBJECT / 2, f"put peak {peak / MIB:.1f} MiB"
+    content = (await node.coordinator.get(b"b", b"big", {"r": "3"})).object.siblings()[0]
+    assert (content.size, len(content.chunks)) == (BIG_OBJECT, BIG_OBJECT // BIG_CHUNK)
+    assert content.etag == await digest_of(lazy_body(1, BIG_OBJECT))
+
+    digest = ""
+
+    async def download() -> None:
+        nonlocal digest
+        digest = await digest_of(node.coordinator.read_value(b"b", b"big", content))
+
+    peak = await peak_memory_during(download)
+    assert peak < READ_BOUND_CHUNKS * BIG_CHUNK < BIG_OBJECT / 2, f"read peak {peak / MIB:.1f} MiB"
+    assert digest == content.etag
