@@ -1,5 +1,8 @@
 """`python -m cluster start|stop|status|attach|kill|restart`: the local cluster from a shell.
 
+`start --lb` also starts nginx on one more port (cluster/local.toml's lb_port), load-balancing
+over the nodes (cluster/balancer.py); it installs Debian's nginx package first if missing.
+
 scripts/start_cluster.sh, stop_cluster.sh and attach.sh are thin shells over this.
 """
 
@@ -12,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cluster.balancer import ensure_nginx
 from cluster.harness import (
     DEFAULT_SPEC_FILE,
     HEALTHY_TIMEOUT_S,
@@ -33,19 +37,29 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _report(cluster: LocalCluster, started: Sequence[int], default_run_dir: bool) -> None:
+def _report(
+    cluster: LocalCluster, started: Sequence[int], lb_started: bool, default_run_dir: bool
+) -> None:
     print(f"ringstore development cluster: {len(cluster.slots)} nodes in {_shown(cluster.run_dir)}")
     for slot in cluster.slots:
         pid = cluster.pid(slot.index)
         state = "started" if slot.index in started else "already running"
         print(f"  {slot.name}  {slot.http_url}  pid {pid}  ({state})")
+    balancer = cluster.balancer
+    lb_pid = balancer.pid()
+    if lb_pid is not None:
+        state = "started" if lb_started else "already running"
+        print(f"  nginx  {balancer.url}  pid {lb_pid}  ({state}; load balancer over all nodes)")
     prefix = "" if default_run_dir else f"{RUN_DIR_ENV}={shlex.quote(str(cluster.run_dir))} "
     first, second = cluster.slots[0], cluster.slots[-1]
     print("attach:  " + prefix + "scripts/attach.sh 1          (help lists the commands)")
     print("try:     curl -XPUT -H 'Content-Type: text/plain' -d 'hello'", end=" ")
     print(f"{first.http_url}/buckets/test/keys/hello")
     print(f"         curl {second.http_url}/buckets/test/keys/hello")
-    print(f"logs:    {_shown(cluster.run_dir)}/nodeI/node.log")
+    if lb_pid is not None:
+        print(f"         curl {balancer.url}/buckets/test/keys/hello   (through the load balancer)")
+    print(f"logs:    {_shown(cluster.run_dir)}/nodeI/node.log", end="")
+    print(f", {_shown(balancer.access_log)}" if lb_pid is not None else "")
     print("stop:    " + prefix + "scripts/stop_cluster.sh")
 
 
@@ -67,7 +81,10 @@ def _cmd_start(args: argparse.Namespace, spec: ClusterSpec, run_dir: Path, defau
     cluster.write_manifest()  # pids of nodes that died unseen become null
     print(f"waiting until all {len(cluster.slots)} nodes are up ...", file=sys.stderr)
     cluster.wait_healthy(args.timeout)
-    _report(cluster, started, default)
+    lb_started = args.lb and not cluster.balancer.is_running()
+    if lb_started:
+        cluster.start_balancer(ensure_nginx())
+    _report(cluster, started, lb_started, default)
     return 0
 
 
@@ -77,6 +94,9 @@ def _cmd_stop(args: argparse.Namespace, run_dir: Path) -> int:
         return 0
     cluster = LocalCluster.open(run_dir)
     running = {i: cluster.pid(i) for i in cluster.running()}
+    lb_pid = cluster.stop_balancer(args.grace)  # first: no new requests reach the nodes
+    if lb_pid is not None:
+        print(f"  nginx  pid {lb_pid}  stopped")
     if not running:
         cluster.write_manifest()
         print("no node of the cluster is running")
@@ -96,6 +116,9 @@ def _cmd_status(run_dir: Path) -> int:
         pid = cluster.pid(slot.index)
         state = f"running, pid {pid}" if pid else "down"
         print(f"  {slot.name}  {slot.http_url}  {state}")
+    lb_pid = cluster.balancer.pid()
+    lb_state = f"running, pid {lb_pid}" if lb_pid else "not running (start --lb)"
+    print(f"  nginx  {cluster.balancer.url}  {lb_state}")
     return 0 if len(cluster.running()) == len(cluster.slots) else 1
 
 
@@ -120,7 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     start.add_argument("nodes", nargs="?", type=int, help="node count when creating it")
     start.add_argument("--port-base", type=int, help=f"HTTP port of node 1 (${PORT_BASE_ENV})")
     start.add_argument("--timeout", type=float, default=HEALTHY_TIMEOUT_S)
-    stop = commands.add_parser("stop", help="stop the nodes this cluster started")
+    start.add_argument(
+        "--lb", action="store_true", help="also start nginx load-balancing over the nodes"
+    )
+    stop = commands.add_parser("stop", help="stop the nodes (and nginx) this cluster started")
     stop.add_argument("--grace", type=float, default=STOP_GRACE_S, help="seconds before SIGKILL")
     commands.add_parser("status", help="which nodes are running")
     attach = commands.add_parser("attach", help="open a node's admin console")

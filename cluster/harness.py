@@ -12,7 +12,9 @@ session (a Ctrl-C in the starting shell does not reach them), output to nodeI/co
 A node is ours only if its pid file names a live process running that node's config, so
 a stale pid file or a reused pid is never signalled. Stop is SIGTERM, then SIGKILL after a
 grace period; healthy means every running node answers GET /ping and sees every running
-node up (through its admin console's `members`).
+node up (through its admin console's `members`). Optionally nginx listens on one more port
+and load-balances over the nodes (cluster/balancer.py); it is part of the cluster too:
+cluster.json names it, and stopping the whole cluster stops it.
 
 Used by the scripts (through `python -m cluster`, cluster/__main__.py) and the tests in
 tests/cluster. ringstore never imports this module.
@@ -38,7 +40,17 @@ import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from cluster.balancer import LoadBalancer
+from cluster.processes import (
+    POLL_INTERVAL_S,
+    ClusterError,
+    process_state,
+    read_pid_file,
+    send_signal,
+    wait_gone,
+)
 from ringstore.admin import ADMIN_SOCKET_NAME
 from ringstore.admin.client import AdminClient
 from ringstore.config import load_config
@@ -58,7 +70,6 @@ STOP_GRACE_S = 10.0
 KILL_WAIT_S = 5.0  # SIGKILL is immediate; this only covers the kernel reaping the process
 # Start-up to healthy is ~1-2 s per node here; generous for a loaded 2-core CI machine.
 HEALTHY_TIMEOUT_S = 60.0
-POLL_INTERVAL_S = 0.05  # re-checking other processes' state: they give no event to wait on
 PROBE_TIMEOUT_S = 2.0  # one /ping or one console command while checking health
 LOG_TAIL_LINES = 15  # of a node's console.log, shown when it fails to start
 # What the harness writes into each node's [node] itself; local.toml cannot set these.
@@ -76,10 +87,6 @@ HARNESS_NODE_OPTIONS = frozenset(
 )
 
 
-class ClusterError(Exception):
-    """A cluster operation that cannot be done; the message says why and what to look at."""
-
-
 # -- the cluster definition --------------------------------------------------------------------
 
 
@@ -92,6 +99,7 @@ class ClusterSpec:
     http_port_base: int = 10018
     peer_port_base: int = 10019
     port_step: int = 10
+    lb_port: int = 10017  # the load balancer's (start --lb): below node 1's HTTP port
     run_dir: Path = REPO_ROOT / "cluster" / "run"
     node: tuple[tuple[str, object], ...] = ()  # copied into each node's [node]
     storage: tuple[tuple[str, object], ...] = ()  # copied into each node's [storage]
@@ -107,6 +115,15 @@ class ClusterSpec:
                 raise ClusterError(f"{name} must be a port number leaving room for the nodes")
         if abs(self.http_port_base - self.peer_port_base) % self.port_step == 0:
             raise ClusterError("http_port_base and peer_port_base would give nodes one port")
+        if type(self.lb_port) is not int or not 1 <= self.lb_port <= 65535:
+            raise ClusterError("lb_port must be a port number")
+        if self.lb_port in self.node_ports():
+            raise ClusterError(f"lb_port {self.lb_port} is one of the nodes' ports")
+
+    def node_ports(self) -> set[int]:
+        """Every HTTP and peer port of the spec's nodes."""
+        bases = (self.http_port_base, self.peer_port_base)
+        return {base + self.port_step * i for base in bases for i in range(self.nodes)}
 
     @classmethod
     def load(cls, path: Path = DEFAULT_SPEC_FILE) -> ClusterSpec:
@@ -118,7 +135,15 @@ class ClusterSpec:
         if unknown:
             raise ClusterError(f"{path}: unknown section(s): {', '.join(unknown)}")
         values = dict(raw.get("cluster", {}))
-        known = {"nodes", "host", "http_port_base", "peer_port_base", "port_step", "run_dir"}
+        known = {
+            "nodes",
+            "host",
+            "http_port_base",
+            "peer_port_base",
+            "port_step",
+            "lb_port",
+            "run_dir",
+        }
         if set(values) - known:
             unknown = sorted(set(values) - known)
             raise ClusterError(f"{path}: unknown [cluster] option(s): {', '.join(unknown)}")
@@ -134,8 +159,9 @@ class ClusterSpec:
         return cls(**values)
 
     def with_port_base(self, base: int) -> ClusterSpec:
-        """This spec with HTTP ports from `base` and peer ports from `base + 1`."""
-        return replace(self, http_port_base=base, peer_port_base=base + 1)
+        """This spec with HTTP ports from `base`, peer ports from `base + 1`, the load balancer
+        on `base - 1`."""
+        return replace(self, http_port_base=base, peer_port_base=base + 1, lb_port=base - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,19 +258,6 @@ def _write_atomically(path: Path, text: str) -> None:
 # -- processes ---------------------------------------------------------------------------------
 
 
-def _process_state(pid: int) -> tuple[str, bytes] | None:
-    """(state letter, command line) of a live process, or None if it is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    state = stat.rpartition(")")[2].split()[0]
-    if state in ("Z", "X"):
-        return None
-    return state, cmdline
-
-
 def port_is_free(host: str, port: int) -> bool:
     """Whether a server could bind host:port now (as the node does, with SO_REUSEADDR)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -259,7 +272,8 @@ def port_is_free(host: str, port: int) -> bool:
 def free_port_base(
     count: int, *, step: int = 10, host: str = "127.0.0.1", rng: random.Random | None = None
 ) -> int:
-    """A base port B such that B + step*i and B + 1 + step*i are free for i < count.
+    """A base port B such that B + step*i and B + 1 + step*i are free for i < count, and B - 1
+    (the load balancer's port, `ClusterSpec.with_port_base`).
 
     Chosen below Linux's ephemeral range (32768+), where outgoing connections take their
     ports, so a test cluster does not collide with them; random, so parallel runs spread out.
@@ -267,23 +281,40 @@ def free_port_base(
     rng = rng or random.Random()
     for _ in range(200):
         base = rng.randrange(20000, 32000 - step * count)
-        ports = [base + step * i + offset for i in range(count) for offset in (0, 1)]
+        ports = [base - 1] + [base + step * i + offset for i in range(count) for offset in (0, 1)]
         if all(port_is_free(host, port) for port in ports):
             return base
-    raise ClusterError(f"no free block of {2 * count} ports found between 20000 and 32000")
+    raise ClusterError(f"no free block of {2 * count + 1} ports found between 20000 and 32000")
 
 
 # -- the cluster -------------------------------------------------------------------------------
 
 
 class LocalCluster:
-    """The node processes of one run directory. Create with `create`, `open` or `ensure`."""
+    """The node processes of one run directory and its load balancer. Create with `create`,
+    `open` or `ensure`."""
 
-    def __init__(self, run_dir: Path, slots: Sequence[NodeSlot], python: str = sys.executable):
+    def __init__(
+        self,
+        run_dir: Path,
+        slots: Sequence[NodeSlot],
+        python: str = sys.executable,
+        *,
+        lb_port: int | None = None,
+    ):
+        if not slots:
+            raise ClusterError(f"the cluster in {run_dir} has no nodes")
         self.run_dir = run_dir
         self.slots = list(slots)
         self.python = python
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        # A cluster made before it had a load balancer gets the default place: below node 1.
+        self.balancer = LoadBalancer(
+            run_dir=run_dir,
+            host=self.slots[0].host,
+            port=self.slots[0].http_port - 1 if lb_port is None else lb_port,
+            upstreams=tuple((slot.host, slot.http_port) for slot in self.slots),
+        )
 
     # -- creating and opening ------------------------------------------------------------------
 
@@ -329,7 +360,7 @@ class LocalCluster:
                 load_config(slot.config_path)  # a bad local.toml fails here, not in N processes
             except RingstoreError as exc:
                 raise ClusterError(f"cluster/local.toml gives a bad node config: {exc}") from None
-        cluster = cls(run_dir, slots, python)
+        cluster = cls(run_dir, slots, python, lb_port=spec.lb_port)
         cluster.write_manifest()
         return cluster
 
@@ -338,7 +369,10 @@ class LocalCluster:
         """The cluster in `run_dir`, as its cluster.json and node configs describe it."""
         run_dir = run_dir.resolve()
         try:
-            entries = json.loads((run_dir / MANIFEST_NAME).read_text())["nodes"]
+            manifest = json.loads((run_dir / MANIFEST_NAME).read_text())
+            entries = manifest["nodes"]
+            balancer = manifest.get("load_balancer")
+            lb_port = None if balancer is None else urlsplit(balancer["url"]).port
             slots = []
             for entry in entries:
                 config = load_config(Path(entry["config"]))
@@ -353,9 +387,9 @@ class LocalCluster:
                         data_dir=config.data_dir,
                     )
                 )
-        except (OSError, ValueError, KeyError, TypeError, RingstoreError) as exc:
+            return cls(run_dir, slots, python, lb_port=lb_port)
+        except (OSError, ValueError, KeyError, TypeError, RingstoreError, ClusterError) as exc:
             raise ClusterError(f"cannot read the cluster in {run_dir}: {exc}") from None
-        return cls(run_dir, slots, python)
 
     @classmethod
     def ensure(
@@ -403,8 +437,21 @@ class LocalCluster:
                     "console_log": str(slot.console_log),
                 }
             )
-        manifest = {"run_dir": str(self.run_dir), "secret_file": str(self.secret_file)}
-        manifest["nodes"] = nodes
+        balancer = self.balancer
+        manifest = {
+            "run_dir": str(self.run_dir),
+            "secret_file": str(self.secret_file),
+            "nodes": nodes,
+            # Always here, so the port stays the cluster's; pid null: not running (start --lb).
+            "load_balancer": {
+                "url": balancer.url,
+                "pid": balancer.pid(),
+                "config": str(balancer.config_path),
+                "pid_file": str(balancer.pid_file),
+                "error_log": str(balancer.error_log),
+                "access_log": str(balancer.access_log),
+            },
+        }
         _write_atomically(self.manifest_path, json.dumps(manifest, indent=2) + "\n")
 
     # -- process state -------------------------------------------------------------------------
@@ -415,11 +462,10 @@ class LocalCluster:
         child = self._children.get(index)
         if child is not None and child.poll() is not None:
             del self._children[index]  # reaped: its pid may be anyone's now
-        try:
-            pid = int(slot.pid_file.read_text().strip())
-        except (OSError, ValueError):
+        pid = read_pid_file(slot.pid_file)
+        if pid is None:
             return None
-        state = _process_state(pid)
+        state = process_state(pid)
         if state is None or os.fsencode(slot.config_path) not in state[1].split(b"\0"):
             return None
         return pid
@@ -470,16 +516,7 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 return False
             return True
-        deadline = time.monotonic() + timeout_s
-        while _process_state(pid) is not None:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(POLL_INTERVAL_S)
-        return True
-
-    def _signal(self, pid: int, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
+        return wait_gone(pid, timeout_s)
 
     def stop_node(self, index: int, grace_s: float = STOP_GRACE_S) -> int | None:
         """SIGTERM node `index`, SIGKILL it after `grace_s`; its exit status if we started it."""
@@ -488,26 +525,45 @@ class LocalCluster:
     def stop(
         self, indices: Iterable[int] | None = None, grace_s: float = STOP_GRACE_S
     ) -> dict[int, int | None]:
-        """Stop the given (default: all) running nodes together; exit statuses where known."""
+        """Stop the given running nodes together; exit statuses where known.
+
+        By default the whole cluster: the load balancer first (no new requests), then every node.
+        """
+        if indices is None:
+            self.stop_balancer(grace_s)
         chosen = [s.index for s in self.slots] if indices is None else list(indices)
         pids = {i: self.pid(i) for i in chosen}
         targets = {i: pid for i, pid in pids.items() if pid is not None}
         for pid in targets.values():
-            self._signal(pid, signal.SIGTERM)
+            send_signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         for index, pid in targets.items():
             if not self._wait_gone(index, pid, max(deadline - time.monotonic(), 0.0)):
-                self._signal(pid, signal.SIGKILL)
+                send_signal(pid, signal.SIGKILL)
                 if not self._wait_gone(index, pid, KILL_WAIT_S):
                     raise ClusterError(f"{self.slot(index).name} (pid {pid}) survived SIGKILL")
         return self._forget(targets)
+
+    def start_balancer(self, nginx: Path) -> int:
+        """Start the load balancer (nginx, see cluster/balancer.py) in front of every node."""
+        balancer = self.balancer
+        pid = balancer.start(nginx, port_free=port_is_free(balancer.host, balancer.port))
+        self.write_manifest()
+        return pid
+
+    def stop_balancer(self, grace_s: float = STOP_GRACE_S) -> int | None:
+        """Stop the load balancer if it runs: the pid it had, or None."""
+        pid = self.balancer.stop(grace_s)
+        if pid is not None:
+            self.write_manifest()
+        return pid
 
     def kill_node(self, index: int) -> None:
         """kill -9 node `index`, as a crash would, and wait until it is gone."""
         pid = self.pid(index)
         if pid is None:
             raise ClusterError(f"{self.slot(index).name} is not running")
-        self._signal(pid, signal.SIGKILL)
+        send_signal(pid, signal.SIGKILL)
         if not self._wait_gone(index, pid, KILL_WAIT_S):
             raise ClusterError(f"{self.slot(index).name} (pid {pid}) survived SIGKILL")
         self._forget({index: pid})
