@@ -14,6 +14,7 @@ import trio
 
 import ringstore
 from ringstore.config import ConfigError, NodeConfig
+from ringstore.coord.api import ClusterStatus, MemberStatus, WorkerStatus
 from ringstore.coord.kv import Coordinator, PropsStore
 from ringstore.coord.remote import RemoteReplica, replica_handlers
 from ringstore.coord.replica import LocalReplica, ReplicaClient
@@ -121,7 +122,9 @@ class Node:
         nursery.start_soon(_close_on_cancel, self.storage)
         actor = versions.make_actor(self.name, await self._epoch())
         self.replica = LocalReplica(self.name, actor, self.storage)
-        props = PropsStore(self.storage.get_meta, self._save_props, BucketProps())
+        props = PropsStore(
+            self.storage.get_meta, self._save_props, BucketProps(n_val=self.config.n_val)
+        )
 
         handlers = replica_handlers(self.replica)
         handlers["props.set"] = self._receive_props
@@ -151,6 +154,7 @@ class Node:
             wall_clock=self._wall_clock,
             version=ringstore.__version__,
             extra_stats=self._stats,
+            round_trip_s=self._round_trip_s,
         )
         await nursery.start(self.coordinator.run)
         self.workers = [
@@ -173,6 +177,7 @@ class Node:
                     node_name=self.name,
                     wall_clock=self._wall_clock,
                     rng=random.Random(self._rng.getrandbits(64)),
+                    cluster_status=self._cluster_status,  # web page and /metrics (issue 5)
                 )
             )
             self.http_address = (self.config.http_host, listener_port(listeners[0]))
@@ -209,8 +214,6 @@ class Node:
         """Node facts for the console's `status`, as text."""
 
         def text(address: Any) -> str:
-            if isinstance(address, list) and address:  # serve_http's listeners
-                address = address[0].socket.getsockname()
             if isinstance(address, tuple) and len(address) >= 2:
                 return f"{address[0]}:{address[1]}"
             return str(address)
@@ -232,6 +235,10 @@ class Node:
             await self.storage.put_meta("epoch", epoch)
             log.info("%s: new data directory, epoch %s", self.name, epoch.hex())
         return epoch
+
+    def _round_trip_s(self, node: str) -> float | None:
+        health = self.liveness.health().get(node)
+        return None if health is None or not health.up else health.last_rtt_s
 
     def _client(self, node: str) -> ReplicaClient:
         if node == self.name:
@@ -282,7 +289,38 @@ class Node:
             "ringstore_metadata_bytes": engine.metadata_bytes,
             "ringstore_commits_total": engine.commits,
             "ringstore_corrupt_chunks_found": engine.corrupt_chunks_found,
+            **self._worker_stats(),
         }
+
+    # ---- web page and /metrics (ringstore/http, issue 5) ---------------------------------------
+
+    def _cluster_status(self) -> ClusterStatus:
+        """This node's view of the cluster, for the web page and the member metrics."""
+        ring = self.ring
+        up = self.liveness.up_nodes() | {self.name}
+        names = sorted(set(ring.members) | set(self.addresses) | {self.name})
+        return ClusterStatus(
+            node=self.name,
+            ring_version=ring.version,
+            owners=ring.owners,
+            members=tuple(MemberStatus(n, n in up, len(ring.owned_by(n))) for n in names),
+            handoffs=(),  # running transfers join here when handoff lands
+            workers=tuple(WorkerStatus(w.name, w.status()) for w in self.workers),
+        )
+
+    def _worker_stats(self) -> dict[str, int]:
+        """The background workers' counters under the names /stats and /metrics show."""
+        stats: dict[str, int] = {}
+        for worker in self.workers:
+            if isinstance(worker, Scrubber):
+                stats["ringstore_scrub_passes_total"] = worker.rounds
+                stats["ringstore_scrub_corrupt_chunks_total"] = worker.corrupt_total
+                stats["ringstore_scrub_repaired_chunks_total"] = worker.repaired_total
+            elif isinstance(worker, Sweeper):
+                stats["ringstore_sweep_removed_chunks_total"] = worker.removed_total
+        return stats
+
+    # ---- end web page and /metrics -------------------------------------------------------------
 
 
 def _tcp_transport(config: NodeConfig) -> TcpTransport:

@@ -65,6 +65,54 @@ class NodeInfo:
     stats: Mapping[str, object] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class MemberStatus:
+    """One cluster member as the reporting node sees it."""
+
+    name: str
+    up: bool  # answering this node's pings (the node itself is always up)
+    partitions: int  # partitions it owns in the reporting node's ring
+
+
+@dataclass(frozen=True, slots=True)
+class HandoffStatus:
+    """One partition transfer running on the reporting node (hinted or ownership handoff)."""
+
+    partition: int
+    kind: str  # "hinted" (a fallback returning data) or "ownership" (a membership change)
+    source: str
+    target: str
+    objects_sent: int = 0
+    bytes_sent: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    """A background worker's name and its one-line status, as the operator sees it."""
+
+    name: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatus:
+    """What one node knows of the cluster right now, for the web page and /metrics.
+
+    `owners[p]` is the owner of partition p in the node's ring. The node fills this on
+    demand (it is cheap: no I/O), so a caller may ask for it on every request.
+    """
+
+    node: str
+    ring_version: int
+    owners: tuple[str, ...]
+    members: tuple[MemberStatus, ...]
+    handoffs: tuple[HandoffStatus, ...] = ()
+    workers: tuple[WorkerStatus, ...] = ()
+
+
+ClusterStatusSource = Callable[[], ClusterStatus]
+
+
 class KV(Protocol):
     async def get(self, bucket: bytes, key: bytes, query: Mapping[str, str]) -> GetResult:
         """Coordinated read with Riak's query parameters (r, pr, notfound_ok, ...)."""

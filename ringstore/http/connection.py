@@ -90,6 +90,13 @@ class App(Protocol):
     async def handle(self, request: Request) -> Response: ...
 
 
+class RequestObserver(Protocol):
+    """Told about every request once its response is over (metrics count them this way)."""
+
+    def request_done(self, request: Request | None, status: int, duration_s: float) -> None:
+        """`request` is None for one that could not be parsed (answered 400/408/431)."""
+
+
 class ConnectionLost(Exception):
     """The client went away or stopped reading; nothing more can be said to it."""
 
@@ -179,8 +186,10 @@ class Connection:
         node_name: str,
         wall_clock: Callable[[], float],
         next_request_id: Callable[[], str],
+        observer: RequestObserver | None = None,
     ) -> None:
         self.app = app
+        self.observer = observer
         self.limits = limits
         self.node_name = node_name
         self.wall_clock = wall_clock
@@ -330,18 +339,22 @@ class Connection:
             request_id=self.next_request_id(),
         )
         response = await self._respond(request)
+        status = response.status
         try:
-            await self._finish(request, response)
+            status = await self._finish(request, response)
         finally:
+            duration_s = trio.current_time() - started_at
             log.info(
                 "node=%s req=%s %s %s %d %.1fms",
                 self.node_name,
                 request.request_id,
                 request.method,
                 target[:LOGGED_TARGET_CHARS],
-                response.status,
-                (trio.current_time() - started_at) * 1000,
+                status,
+                duration_s * 1000,
             )
+            if self.observer is not None:
+                self.observer.request_done(request, status, duration_s)
 
     def _framing_error(self, request: Request) -> HttpError | None:
         headers = request.headers
@@ -374,7 +387,8 @@ class Connection:
             response = request.body.failure.to_response()
         return response
 
-    async def _finish(self, request: Request, response: Response) -> None:
+    async def _finish(self, request: Request, response: Response) -> int:
+        """Send the response (and drain a small unread body); the status actually sent."""
         drain = False
         if self.conn.their_state is h11.SEND_BODY:
             body = request.body
@@ -393,11 +407,12 @@ class Connection:
                 drain = True
         if response.close:
             self.close_lingering = True
-        await self._send_response(
+        status = await self._send_response(
             response, head_only=request.method == "HEAD", rid=request.request_id
         )
         if drain and not await self._drain_body():
             self.close_lingering = False
+        return status
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -416,6 +431,8 @@ class Connection:
         response = text_response(status, message, close=True)
         self.close_lingering = True
         log.info("node=%s req=- - - %d %s", self.node_name, status, message)
+        if self.observer is not None:
+            self.observer.request_done(None, status, 0.0)
         try:
             await self._send_response(response, head_only=False, rid="-")
         except (ConnectionLost, h11.LocalProtocolError):
@@ -439,7 +456,9 @@ class Connection:
             reason=_reason(response.status),
         )
 
-    async def _send_response(self, response: Response, *, head_only: bool, rid: str) -> None:
+    async def _send_response(self, response: Response, *, head_only: bool, rid: str) -> int:
+        """Send `response`, or the error that replaced it when its body failed at once;
+        the status sent."""
         stream: AsyncIterator[bytes] | None = None
         first: bytes | None = None
         if (
@@ -476,6 +495,7 @@ class Connection:
         finally:
             if stream is not None:
                 await aclose_iterator(stream)
+        return response.status
 
     async def _send_rest(self, stream: AsyncIterator[bytes], rid: str) -> None:
         try:

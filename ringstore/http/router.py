@@ -17,6 +17,7 @@ from ringstore.http.messages import HttpError, Request, Response
 
 MAX_QUERY_FIELDS = 64  # Riak's parameters number about a dozen; more is garbage or an attack
 DEFAULT_BUCKET_TYPE = b"default"
+UNROUTED = "unrouted"  # the operation label of a request that matched no route
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 # mochiweb_util:quote_plus leaves these as they are; space becomes "+", the rest %XX
 _QUOTE_SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.~")
@@ -144,6 +145,17 @@ class Router:
             else:
                 return self._dispatch(route, method, captured, prefix)
         raise HttpError(404, "Resource not found")
+
+    def operation(self, method: str, path: str) -> str:
+        """The operation a request asks for, as metrics label it: its handler's name (`get`,
+        `put`, `list_keys`, ...), `head` for a HEAD served by a GET handler, `unrouted` for a
+        request no route takes (a 404, 405 or bad URL)."""
+        try:
+            handler, _ = self.resolve(method, path)
+        except HttpError:
+            return UNROUTED
+        name = getattr(handler, "__name__", "other")
+        return "head" if method == "HEAD" and name == "get" else name
 
     @staticmethod
     def _dispatch(

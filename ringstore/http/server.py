@@ -1,5 +1,6 @@
 """The HTTP server: listens (TCP, optionally TLS), caps concurrent connections and serves each
-on a `Connection`; `serve_http` runs the Riak API of a KV handle this way.
+on a `Connection`; `serve_http` runs a node's site this way: the Riak API of a KV handle,
+/metrics and the web page at /ui.
 
 Over `max_connections`, a new connection gets an immediate 503 and is closed, so a flood of
 clients can slow the node down but never make it hang or run out of file descriptors.
@@ -24,13 +25,17 @@ from ringstore.http.connection import (
     Connection,
     ConnectionLost,
     HttpLimits,
+    RequestObserver,
     close_stream,
     linger,
 )
+from ringstore.http.metrics import NodeMetrics
 from ringstore.http.riak import RiakApp
+from ringstore.http.router import Route
+from ringstore.http.ui import WebUi
 
 if TYPE_CHECKING:
-    from ringstore.coord.api import KV
+    from ringstore.coord.api import KV, ClusterStatusSource
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +61,10 @@ class HttpServer:
         node_name: str = "",
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        observer: RequestObserver | None = None,
     ) -> None:
         self.app = app
+        self.observer = observer  # told of every request answered (the node's metrics)
         self.limits = limits or HttpLimits()
         self.node_name = node_name
         self.wall_clock = wall_clock
@@ -104,6 +111,7 @@ class HttpServer:
             node_name=self.node_name,
             wall_clock=self.wall_clock,
             next_request_id=self.next_request_id,
+            observer=self.observer,
         )
         try:
             await connection.run()
@@ -172,6 +180,39 @@ def listener_port(listener: trio.abc.Listener) -> int:
     return int(listener.socket.getsockname()[1])
 
 
+def build_server(
+    kv: KV,
+    *,
+    limits: HttpLimits | None = None,
+    node_name: str = "",
+    wall_clock: Callable[[], float] = time.time,
+    rng: random.Random | None = None,
+    cluster_status: ClusterStatusSource | None = None,
+) -> HttpServer:
+    """A node's whole site on `kv`, not yet listening: the Riak API, GET /metrics (a registry
+    of its own, recording every request) and the web page under /ui.
+
+    `cluster_status` is the node's view of members, ring, handoffs and workers, for the page
+    and the member metrics; without it they are left out.
+    """
+    rng = rng or random.SystemRandom()
+    metrics = NodeMetrics(kv, cluster_status=cluster_status)
+    ui = WebUi(kv, metrics, cluster_status=cluster_status)
+    app = RiakApp(
+        kv,
+        rng=rng,
+        wall_clock=wall_clock,
+        extra_routes=(Route(("metrics",), {"GET": metrics.metrics}), *ui.routes()),
+    )
+    server = HttpServer(
+        app, limits=limits, node_name=node_name, wall_clock=wall_clock, rng=rng, observer=metrics
+    )
+    app.extra_stats = server.stats_json
+    metrics.classify = app.router.operation
+    metrics.server_stats = server.stats_json
+    return server
+
+
 async def serve_http(
     kv: KV,
     host: str,
@@ -182,16 +223,21 @@ async def serve_http(
     node_name: str = "",
     wall_clock: Callable[[], float] = time.time,
     rng: random.Random | None = None,
+    cluster_status: ClusterStatusSource | None = None,
     task_status: trio.TaskStatus[list[trio.abc.Listener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the Riak-compatible HTTP API of `kv` on host:port until cancelled.
+    """Serve a node's site (see `build_server`) for `kv` on host:port until cancelled.
 
     Start it with `listeners = await nursery.start(serve_http, kv, host, port, ...)`.
     `rng` picks server-chosen keys, multipart boundaries and request-id prefixes (default:
     the OS's randomness; the simulator passes a seeded one); `wall_clock` gives Date headers.
     """
-    rng = rng or random.SystemRandom()
-    app = RiakApp(kv, rng=rng, wall_clock=wall_clock)
-    server = HttpServer(app, limits=limits, node_name=node_name, wall_clock=wall_clock, rng=rng)
-    app.extra_stats = server.stats_json
+    server = build_server(
+        kv,
+        limits=limits,
+        node_name=node_name,
+        wall_clock=wall_clock,
+        rng=rng,
+        cluster_status=cluster_status,
+    )
     await server.serve(host, port, ssl_context=ssl_context, task_status=task_status)
