@@ -120,3 +120,33 @@ async def test_scrubber_finds_a_corrupt_chunk_and_replaces_it_from_a_peer(cluste
     assert (scrubber.corrupt_total, scrubber.repaired_total) == (1, 1)
     assert await n2.replica.read_chunk(digest) == value[:4096]
     assert "1 corrupt chunks found, 1 repaired" in scrubber.status()
+
+
+@pytest.fixture
+async def cluster5(nursery, tmp_path):
+    cluster = Cluster(nursery, tmp_path, 5)
+    await cluster.start()
+    yield cluster
+    cluster.stop_all()
+
+
+@pytest.mark.parametrize("size", [10, 4096 * 2 + 3])
+async def test_five_nodes_put_w2_get_r2_everywhere_and_survive_two_down(cluster5, size):
+    values = {f"k{i}".encode(): os.urandom(size) for i in range(8)}
+    for i, (key, value) in enumerate(values.items()):
+        node = cluster5.running()[i % 5]
+        await node.coordinator.put(b"b", key, TEXT, body_of(value), None, {"w": "2"})
+    for node in cluster5.running():
+        for key, value in values.items():
+            assert (await read_all(node, b"b", key, {"r": "2"}))[0] == [value]
+
+    for name in ("n4", "n5"):
+        await cluster5.stop_node(name)
+        await cluster5.wait_down(name)
+    n1 = cluster5.nodes["n1"]
+    for key, value in values.items():
+        assert (await read_all(n1, b"b", key, {"r": "2"}))[0] == [value]
+        await n1.coordinator.put(b"b", key, TEXT, body_of(value[::-1]), None, {"w": "2"})
+    for key, value in values.items():
+        siblings, _ = await read_all(cluster5.nodes["n3"], b"b", key, {"r": "2"})
+        assert sorted(siblings) == sorted([value, value[::-1]])
