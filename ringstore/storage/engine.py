@@ -30,7 +30,7 @@ MAX_KEY_BYTES = 400
 AAE_SEGMENTS = 1024  # per partition: fine enough that one differing key costs a small exchange
 SEGMENT_HASH_BYTES = 32  # BLAKE3-256, XOR-combined
 MAX_RING_SIZE = 2**16  # partitions are stored as 2 bytes
-MAX_META_NAME_BYTES = 200  # meta names are ours (node id, epoch, ring, bucket props): short
+MAX_META_NAME_BYTES = 256  # ours: node id, epoch, ring, "props:" + a bucket in hex (<= 206)
 
 # Defaults shared by both engines (the node passes its configuration instead).
 DEFAULT_RING_SIZE = 64

@@ -3,10 +3,7 @@ and a 3-node cluster of real `ringstore serve` processes from cluster/harness.py
 ports in a tmp run directory. Every process started here is stopped in teardown.
 
 Test modules import these fixtures (`from e2e_setup import chromium_fixture, ...`), which
-pytest then offers under their names (`chromium`, `cluster`, `artifacts_dir`). They are not
-in a conftest.py on purpose: the HTTP tests do `from conftest import ...`, which picks up
-whichever conftest module pytest loaded last, so one more conftest.py would break
-`pytest tests/http tests/e2e`.
+pytest then offers under their names (`chromium`, `cluster`, `artifacts_dir`).
 """
 
 from __future__ import annotations

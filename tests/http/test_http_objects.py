@@ -1,25 +1,45 @@
-"""The Riak object resource over in-memory connections: representations, siblings,
-conditional requests, ranges, digests, URL decoding and the refusal of bad input."""
+"""The Riak object resource over in-memory connections to one node's real KV: representations,
+siblings, conditional requests, ranges, digests, URL decoding and the refusal of bad input."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import json
+import random
 import re
 from typing import TYPE_CHECKING
 
 import pytest
 
+from ringstore.core.hashing import chunk_hash
 from ringstore.core.httpsem import parse_http_date
-from ringstore.errors import ChunkMissing, QuorumError
+from ringstore.storage.engine import MAX_BUCKET_BYTES, MAX_KEY_BYTES
+from tests.http.conftest import CHUNK_BYTES, INLINE_MAX_BYTES, assert_nothing_stored
 
 if TYPE_CHECKING:
-    from conftest import DictKV, RawClient
+    from rawclient import RawClient, Reply
+
+    from tests.http.conftest import OneNode
 
 TEXT = {"Content-Type": "text/plain"}
-SMALL = b"hello"  # stored inline by the stand-in
-LARGE = bytes(range(256)) * 2  # stored as chunks by the stand-in, streamed by read_value
+SMALL = b"hello"  # stored inline in the object record
+# Three chunks, the last one short: streamed chunk by chunk by read_value.
+LARGE = random.Random(3).randbytes(2 * CHUNK_BYTES + 1000)
+assert len(SMALL) <= INLINE_MAX_BYTES < len(LARGE)
+
+
+def multipart_parts(reply: Reply) -> list[tuple[dict[str, str], bytes]]:
+    """The (headers, body) of each part of a multipart/mixed answer."""
+    match = re.fullmatch(r"multipart/mixed; boundary=(\S+)", reply.header("Content-Type") or "")
+    assert match
+    delimiter = b"\r\n--" + match[1].encode()
+    assert reply.body.endswith(delimiter + b"--\r\n")
+    parts = []
+    for raw in reply.body[: -len(delimiter) - 4].split(delimiter + b"\r\n")[1:]:
+        head, body = raw.split(b"\r\n\r\n", 1)
+        parts.append((dict(line.decode().split(": ", 1) for line in head.split(b"\r\n")), body))
+    return parts
 
 
 async def put(client: RawClient, path: str, body: bytes, headers=None, **extra: str):
@@ -213,6 +233,36 @@ async def test_tombstone_is_404_with_deleted_and_vclock(client: RawClient) -> No
     assert (await client.request("GET", "/buckets/b/keys/k")).body == b"again"
 
 
+async def test_blind_write_over_a_tombstone_is_its_sibling_as_in_riak(client: RawClient) -> None:
+    await put(client, "/buckets/b/keys/k", SMALL)
+    assert (await client.request("DELETE", "/buckets/b/keys/k")).status == 204
+    assert (await put(client, "/buckets/b/keys/k", b"again")).status == 204  # no context
+    reply = await client.request("GET", "/buckets/b/keys/k", {"Accept": "multipart/mixed"})
+    assert reply.status == 300
+    parts = sorted(multipart_parts(reply), key=lambda part: part[1])
+    assert [(headers.get("X-Riak-Deleted"), body) for headers, body in parts] == [
+        ("true", b""),
+        (None, b"again"),
+    ]
+    vclock = reply.header("X-Riak-Vclock") or ""
+    assert (
+        await put(client, "/buckets/b/keys/k", b"resolved", {"X-Riak-Vclock": vclock})
+    ).status == 204
+    reply = await client.request("GET", "/buckets/b/keys/k")
+    assert (reply.status, reply.body) == (200, b"resolved")
+
+
+async def test_a_vclock_of_another_key_is_400(client: RawClient) -> None:
+    await put(client, "/buckets/b/keys/k", SMALL)
+    vclock = (await client.request("GET", "/buckets/b/keys/k")).header("X-Riak-Vclock") or ""
+    reply = await put(client, "/buckets/b/keys/other", SMALL, {"X-Riak-Vclock": vclock})
+    assert reply.status == 400
+    assert b"the context was not issued for this object" in reply.body
+    assert (await client.request("GET", "/buckets/b/keys/other")).status == 404
+    reply = await client.request("DELETE", "/buckets/b/keys/other", {"X-Riak-Vclock": vclock})
+    assert reply.status == 400
+
+
 # -- conditional requests ----------------------------------------------------------------------
 
 
@@ -291,6 +341,12 @@ async def test_single_byte_ranges(client: RawClient, value: bytes) -> None:
     await put(client, "/buckets/b/keys/k", value)
     size = len(value)
     cases = {"bytes=2-5": (2, 6), "bytes=3-": (3, size), "bytes=-4": (size - 4, size)}
+    if size > 2 * CHUNK_BYTES:  # ranges that start and end inside different chunks
+        cases[f"bytes={CHUNK_BYTES - 2}-{2 * CHUNK_BYTES + 1}"] = (
+            CHUNK_BYTES - 2,
+            2 * CHUNK_BYTES + 2,
+        )
+        cases[f"bytes={CHUNK_BYTES}-{CHUNK_BYTES}"] = (CHUNK_BYTES, CHUNK_BYTES + 1)
     for spec, (start, end) in cases.items():
         reply = await client.request("GET", "/buckets/b/keys/k", {"Range": spec})
         assert reply.status == 206, spec
@@ -335,13 +391,15 @@ async def test_matching_digests_are_accepted(client: RawClient, value: bytes) ->
     ],
 )
 async def test_digest_mismatch_is_400_and_stores_nothing(
-    client: RawClient, kv: DictKV, headers: dict[str, str]
+    client: RawClient, node: OneNode, headers: dict[str, str]
 ) -> None:
     reply = await put(client, "/buckets/b/keys/k", LARGE, headers)
     assert reply.status == 400
     assert b"does not match the request body" in reply.body
     assert (await client.request("GET", "/buckets/b/keys/k")).status == 404
-    assert kv.put_outcomes[-1].startswith("failed")
+    # the chunks reached the disk before the digest could be checked: unreferenced, swept
+    assert node.storage.statistics().chunks == 3
+    await assert_nothing_stored(node)
 
 
 @pytest.mark.parametrize(
@@ -352,9 +410,10 @@ async def test_digest_mismatch_is_400_and_stores_nothing(
         {"Content-Digest": "sha-256"},
     ],
 )
-async def test_malformed_digest_headers_are_400(client: RawClient, kv: DictKV, headers) -> None:
-    assert (await put(client, "/buckets/b/keys/k", SMALL, headers)).status == 400
-    assert kv.put_outcomes == []  # refused before the KV saw the write
+async def test_malformed_digest_headers_are_400(client: RawClient, node: OneNode, headers) -> None:
+    assert (await put(client, "/buckets/b/keys/k", LARGE, headers)).status == 400
+    assert node.storage.statistics().chunks == 0  # refused before the body was read
+    await assert_nothing_stored(node)
 
 
 @pytest.mark.parametrize("value", [SMALL, LARGE], ids=["inline", "chunked"])
@@ -378,19 +437,20 @@ async def test_repr_digest_on_request(client: RawClient, value: bytes) -> None:
 # -- bad input ---------------------------------------------------------------------------------
 
 
-async def test_missing_content_type_is_400(client: RawClient, kv: DictKV) -> None:
+async def test_missing_content_type_is_400(client: RawClient, node: OneNode) -> None:
     reply = await client.request("PUT", "/buckets/b/keys/k", {}, SMALL)
     assert (reply.status, reply.body) == (400, b"Missing Content-Type request header\n")
-    assert kv.put_outcomes == []
     # the small unread body was drained: the connection goes on
     assert (await client.request("GET", "/buckets/b/keys/k")).status == 404
+    await assert_nothing_stored(node)
 
 
-async def test_invalid_content_type_is_415(client: RawClient, kv: DictKV) -> None:
-    reply = await client.request("PUT", "/buckets/b/keys/k", {"Content-Type": "nonsense"}, SMALL)
+async def test_invalid_content_type_is_415(client: RawClient, node: OneNode) -> None:
+    reply = await client.request("PUT", "/buckets/b/keys/k", {"Content-Type": "nonsense"}, LARGE)
     assert reply.status == 415
     assert b"is not a valid media type" in reply.body
-    assert kv.put_outcomes == []
+    assert node.storage.statistics().chunks == 0  # refused before the body was read
+    await assert_nothing_stored(node)
 
 
 @pytest.mark.parametrize(
@@ -402,11 +462,12 @@ async def test_invalid_content_type_is_415(client: RawClient, kv: DictKV) -> Non
         '</buckets/b/keys/k; riaktag="unterminated',
     ],
 )
-async def test_bad_link_header_is_400(client: RawClient, kv: DictKV, link: str) -> None:
-    reply = await put(client, "/buckets/b/keys/k", SMALL, {"Link": link})
+async def test_bad_link_header_is_400(client: RawClient, node: OneNode, link: str) -> None:
+    reply = await put(client, "/buckets/b/keys/k", LARGE, {"Link": link})
     assert reply.status == 400
     assert reply.body.startswith(b"Invalid Link header")
-    assert kv.put_outcomes == []
+    assert node.storage.statistics().chunks == 0  # refused before the body was read
+    await assert_nothing_stored(node)
 
 
 async def test_malformed_vclock_is_400(client: RawClient) -> None:
@@ -487,38 +548,65 @@ async def test_default_bucket_type_path(client: RawClient) -> None:
 
 
 @pytest.mark.parametrize(
-    ("error", "status", "text"),
+    ("method", "path", "status", "text"),
     [
-        (QuorumError("r", 1, 2), 503, b"r quorum not met: got 1, needed 2"),
-        (ExceptionGroup("fan-out", [QuorumError("w", 0, 2)]), 503, b"w quorum not met"),
-        (RuntimeError("a bug"), 500, b"Error: internal error"),
+        ("DELETE", "/buckets/b/keys/never-written", 404, b"not found"),
+        ("GET", "/buckets/b/keys/k?r=2", 400, b"n_val_violation"),
+        ("PUT", "/buckets/b/keys/k?w=all&dw=2", 400, b"n_val_violation"),
+        ("PUT", "/buckets/b/keys/" + "k" * 401, 400, b"key is 401 bytes; the limit is 400"),
     ],
 )
 async def test_kv_errors_map_to_statuses(
-    client: RawClient, kv: DictKV, error: Exception, status: int, text: bytes
+    client: RawClient, node: OneNode, method: str, path: str, status: int, text: bytes
 ) -> None:
-    kv.fail_with = error
-    reply = await client.request("GET", "/buckets/b/keys/k")
+    reply = await client.request(method, path, TEXT, SMALL if method == "PUT" else None)
     assert reply.status == status
     assert reply.header("Content-Type") == "text/plain"
     assert text in reply.body
     assert (await client.request("GET", "/ping")).status == 200  # connection still fine
+    await assert_nothing_stored(node)
+
+
+LONGEST_BUCKET = "b" * MAX_BUCKET_BYTES
+LONGEST_KEY = "k" * MAX_KEY_BYTES
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "text"),
+    [
+        ("GET", f"/buckets/b/keys/{LONGEST_KEY}k", 400, b"key is 401 bytes; the limit is 400"),
+        ("GET", f"/buckets/{LONGEST_BUCKET}b/keys/k", 400, b"bucket name is 101 bytes"),
+        ("PUT", f"/buckets/{LONGEST_BUCKET}b/keys/k", 400, b"bucket name is 101 bytes"),
+        ("PUT", f"/buckets/{LONGEST_BUCKET}/keys/{LONGEST_KEY}", 204, b""),
+        ("GET", f"/buckets/{LONGEST_BUCKET}/props", 200, LONGEST_BUCKET.encode()),
+    ],
+)
+async def test_names_at_and_over_the_limits(
+    client: RawClient, method: str, path: str, status: int, text: bytes
+) -> None:
+    reply = await client.request(method, path, TEXT, SMALL if method == "PUT" else None)
+    assert (reply.status, text in reply.body) == (status, True)
 
 
 async def test_value_read_failing_at_once_gets_an_error_status(
-    client: RawClient, kv: DictKV
+    client: RawClient, node: OneNode
 ) -> None:
     await put(client, "/buckets/b/keys/k", LARGE)
-    kv.fail_read_with = ChunkMissing(b"\x01" * 32)
+    node.storage.corrupt_chunk(chunk_hash(LARGE[:CHUNK_BYTES]))  # bit rot on the only replica
     reply = await client.request("GET", "/buckets/b/keys/k")
-    assert reply.status == 503
-    assert b"is not stored here" in reply.body
+    # The first piece is read before the status line: an honest error, not a 200 cut short.
+    assert reply.status >= 500
+    assert b"no replica has a good copy of chunk" in reply.body
+    assert node.storage.statistics().corrupt_chunks_found == 1
+    assert (await client.request("GET", "/ping")).status == 200  # connection still fine
 
 
 async def test_value_read_failing_mid_body_cuts_the_connection(
-    client: RawClient, kv: DictKV
+    client: RawClient, node: OneNode
 ) -> None:
     await put(client, "/buckets/b/keys/k", LARGE)
-    kv.fail_read_with, kv.fail_read_after = ChunkMissing(b"\x01" * 32), 3
+    node.storage.corrupt_chunk(chunk_hash(LARGE[2 * CHUNK_BYTES :]))
+    await client.send(b"GET /buckets/b/keys/k HTTP/1.1\r\nHost: t\r\n\r\n")
     with pytest.raises(EOFError):
-        await client.request("GET", "/buckets/b/keys/k")
+        await client.read_reply()  # 200 and the first two chunks, then the connection ends
+    assert bytes(client.buffer) == LARGE[: 2 * CHUNK_BYTES]

@@ -1,25 +1,31 @@
-"""The h11 server loop over in-memory streams: framing, limits, timers (on a mock clock),
-keep-alive, pipelining, 100-continue, logging and the connection limit."""
+"""The h11 server loop over in-memory streams to one node's real KV: framing, limits, timers
+(on a mock clock), keep-alive, pipelining, 100-continue, logging and the connection limit."""
 
 from __future__ import annotations
 
 import logging
+import random
 from typing import TYPE_CHECKING
 
 import pytest
 import trio
 import trio.testing
+from rawclient import RawClient
 
+from ringstore.errors import QuorumError
+from ringstore.http.connection import error_response
+from ringstore.http.messages import Request, Response
 from ringstore.http.server import HttpLimits, HttpServer
+from tests.http.conftest import CHUNK_BYTES, assert_nothing_stored, wait_settled
 
 if TYPE_CHECKING:
-    from conftest import Connect, DictKV, RawClient
+    from tests.http.conftest import Connect, OneNode
 
 PUT_HEAD = b"PUT /buckets/b/keys/k HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\n"
 
 
-async def assert_nothing_stored(client_factory: Connect) -> None:
-    client = await client_factory()
+async def assert_not_found(connect: Connect) -> None:
+    client = await connect()
     assert (await client.request("GET", "/buckets/b/keys/k")).status == 404
 
 
@@ -51,40 +57,44 @@ async def test_pipelined_requests_are_answered_in_order(client: RawClient) -> No
 
 
 async def test_put_without_length_or_chunked_is_411(
-    client: RawClient, kv: DictKV, autojump_clock: trio.testing.MockClock
+    client: RawClient, node: OneNode, autojump_clock: trio.testing.MockClock
 ) -> None:
     await client.send(PUT_HEAD + b"\r\nhello")
     reply = await client.read_reply()
     assert reply.status == 411
     assert reply.header("Connection") == "close"
     assert await client.closed_by_server()
-    assert kv.put_outcomes == []
+    await assert_nothing_stored(node)
 
 
 @pytest.mark.parametrize("limits", [HttpLimits(max_object_bytes=100)])
 async def test_declared_length_over_the_limit_is_413_before_the_body(
-    client: RawClient, kv: DictKV, autojump_clock: trio.testing.MockClock
+    client: RawClient, node: OneNode, autojump_clock: trio.testing.MockClock
 ) -> None:
     await client.send(PUT_HEAD + b"Content-Length: 101\r\n\r\n")  # no body sent at all
     reply = await client.read_reply()
     assert reply.status == 413
     assert reply.header("Connection") == "close"
     assert await client.closed_by_server()
-    assert kv.put_outcomes == []
+    await assert_nothing_stored(node)
 
 
-@pytest.mark.parametrize("limits", [HttpLimits(max_object_bytes=100)])
+@pytest.mark.parametrize("limits", [HttpLimits(max_object_bytes=3 * CHUNK_BYTES)])
 async def test_chunked_body_over_the_limit_is_413_and_stores_nothing(
-    client: RawClient, kv: DictKV, connect: Connect, autojump_clock: trio.testing.MockClock
+    client: RawClient, node: OneNode, connect: Connect, autojump_clock: trio.testing.MockClock
 ) -> None:
-    chunk = b"x" * 60
+    pieces = [random.Random(i).randbytes(CHUNK_BYTES) for i in range(4)]
     await client.send(
-        PUT_HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + (b"3c\r\n" + chunk + b"\r\n") * 2
+        PUT_HEAD
+        + b"Transfer-Encoding: chunked\r\n\r\n"
+        + b"".join(b"%x\r\n" % len(piece) + piece + b"\r\n" for piece in pieces)
     )
     reply = await client.read_reply()
     assert reply.status == 413
-    assert "failed" in (await kv.wait_put_outcomes(1))[0]
-    await assert_nothing_stored(connect)
+    # the chunks before the limit reached the disk, but no record names them
+    assert node.storage.statistics().chunks >= 1
+    await assert_not_found(connect)
+    await assert_nothing_stored(node)
 
 
 async def test_chunked_body_is_accepted(client: RawClient) -> None:
@@ -104,7 +114,7 @@ async def test_chunked_body_is_accepted(client: RawClient) -> None:
 )
 async def test_malformed_chunked_is_400_and_stores_nothing(
     client: RawClient,
-    kv: DictKV,
+    node: OneNode,
     connect: Connect,
     body: bytes,
     autojump_clock: trio.testing.MockClock,
@@ -113,8 +123,8 @@ async def test_malformed_chunked_is_400_and_stores_nothing(
     reply = await client.read_reply()
     assert reply.status == 400
     assert b"malformed request body" in reply.body
-    assert "failed" in (await kv.wait_put_outcomes(1))[0]
-    await assert_nothing_stored(connect)
+    await assert_not_found(connect)
+    await assert_nothing_stored(node)
 
 
 @pytest.mark.parametrize("limits", [HttpLimits(max_header_bytes=1024)])
@@ -138,13 +148,13 @@ async def test_header_block_too_large_is_431(
     ],
 )
 async def test_malformed_requests_are_400(
-    client: RawClient, kv: DictKV, raw: bytes, autojump_clock: trio.testing.MockClock
+    client: RawClient, node: OneNode, raw: bytes, autojump_clock: trio.testing.MockClock
 ) -> None:
     await client.send(raw)
     reply = await client.read_reply()
     assert reply.status == 400
     assert await client.closed_by_server()
-    assert kv.put_outcomes == []
+    await assert_nothing_stored(node)
 
 
 async def test_unsupported_transfer_encoding_is_501(
@@ -163,14 +173,16 @@ async def test_unknown_method_is_405_with_allow(client: RawClient) -> None:
 
 
 async def test_extra_bytes_after_the_body_are_a_bad_next_request(
-    client: RawClient, kv: DictKV, autojump_clock: trio.testing.MockClock
+    client: RawClient, node: OneNode, autojump_clock: trio.testing.MockClock
 ) -> None:
     await client.send(PUT_HEAD + b"Content-Length: 5\r\n\r\nhelloTHIS IS NOT HTTP\r\n\r\n")
     assert (await client.read_reply()).status == 204
     assert (await client.read_reply()).status == 400
     assert await client.closed_by_server()
-    assert kv.put_outcomes == ["stored"]
-    assert kv.records[(b"b", b"k")].contents[0].inline == b"hello"
+    stored = await node.replica.get(b"b", b"k")
+    assert stored is not None
+    assert [content.inline for content in stored.siblings()] == [b"hello"]
+    assert node.storage.statistics().objects == 1
 
 
 async def test_expect_100_continue(client: RawClient) -> None:
@@ -182,7 +194,7 @@ async def test_expect_100_continue(client: RawClient) -> None:
 
 
 async def test_expect_100_continue_refused_without_reading_the_body(
-    client: RawClient, kv: DictKV, autojump_clock: trio.testing.MockClock
+    client: RawClient, node: OneNode, autojump_clock: trio.testing.MockClock
 ) -> None:
     await client.send(
         b"PUT /buckets/b/keys/k HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
@@ -191,7 +203,7 @@ async def test_expect_100_continue_refused_without_reading_the_body(
     reply = await client.read_reply()
     assert reply.status == 400  # missing Content-Type, answered instead of 100
     assert reply.header("Connection") == "close"
-    assert kv.put_outcomes == []
+    await assert_nothing_stored(node)
 
 
 async def test_http_1_0_gets_an_answer_and_a_close(client: RawClient) -> None:
@@ -229,14 +241,18 @@ async def test_idle_keep_alive_connection_is_closed_silently(
 
 @pytest.mark.parametrize("limits", [HttpLimits(body_idle_timeout_s=7)])
 async def test_slow_body_gets_408_and_stores_nothing(
-    client: RawClient, kv: DictKV, connect: Connect, autojump_clock: trio.testing.MockClock
+    client: RawClient, node: OneNode, connect: Connect, autojump_clock: trio.testing.MockClock
 ) -> None:
-    await client.send(PUT_HEAD + b"Content-Length: 10\r\n\r\nabc")
+    start = trio.current_time()
+    sent = b"a" * (CHUNK_BYTES + 10)  # one whole chunk reaches the disk before the stall
+    await client.send(PUT_HEAD + b"Content-Length: %d\r\n\r\n" % (3 * CHUNK_BYTES) + sent)
     reply = await client.read_reply()
     assert reply.status == 408
+    assert 7 <= trio.current_time() - start < 8
     assert await client.closed_by_server()
-    assert "failed" in (await kv.wait_put_outcomes(1))[0]
-    await assert_nothing_stored(connect)
+    assert node.storage.statistics().chunks == 1
+    await assert_not_found(connect)
+    await assert_nothing_stored(node)
 
 
 @pytest.mark.parametrize("limits", [HttpLimits(send_timeout_s=3)])
@@ -252,14 +268,18 @@ async def test_client_that_stops_reading_is_dropped(
     assert trio.current_time() >= 3
 
 
+@pytest.mark.parametrize("sent", [40, 2 * CHUNK_BYTES + 10])
 async def test_client_gone_mid_body_stores_nothing(
-    client: RawClient, kv: DictKV, connect: Connect
+    client: RawClient, node: OneNode, server: HttpServer, connect: Connect, sent: int
 ) -> None:
-    await client.send(PUT_HEAD + b"Content-Length: 100\r\n\r\n" + b"a" * 40)
+    body = random.Random(sent).randbytes(sent)  # distinct chunks: each is stored once
+    await client.send(PUT_HEAD + b"Content-Length: %d\r\n\r\n" % (4 * CHUNK_BYTES) + body)
+    await trio.testing.wait_all_tasks_blocked()  # the server took in all it was sent
+    assert node.storage.statistics().chunks == sent // CHUNK_BYTES
     await client.aclose()
-    outcomes = await kv.wait_put_outcomes(1)
-    assert "failed" in outcomes[0]
-    await assert_nothing_stored(connect)
+    await wait_settled(server)
+    await assert_not_found(connect)
+    await assert_nothing_stored(node)
 
 
 # -- connection limit, logging -----------------------------------------------------------------
@@ -297,3 +317,38 @@ async def test_one_log_line_per_request(
     assert first[2:5] == ["GET", "/buckets/b/keys/k?r=1", "404"]
     assert first[5].endswith("ms")
     assert second[1] != first[1]  # each request has its own id
+
+
+# -- errors the application did not expect -----------------------------------------------------
+
+
+class FailingApp:
+    """An application with a bug: no part of ringstore fails like this on purpose."""
+
+    async def handle(self, request: Request) -> Response:
+        if request.path == "/bug":
+            raise RuntimeError("a bug")
+        return Response(200, [("Content-Type", "text/plain")], b"fine")
+
+
+async def test_a_bug_in_the_app_is_500_and_the_connection_goes_on(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = HttpServer(FailingApp(), node_name="bug")
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    nursery.start_soon(server.handle_stream, server_stream)
+    client = RawClient(client_stream)
+    reply = await client.request("GET", "/bug")
+    assert reply.status == 500
+    assert reply.body.startswith(b"Error: internal error (request ")
+    assert b"a bug" not in reply.body  # internals stay in the log
+    assert any("a bug" in (r.exc_text or "") for r in caplog.records)
+    assert (await client.request("GET", "/fine")).body == b"fine"
+
+
+def test_error_groups_answer_with_the_error_that_says_most() -> None:
+    """A KV call that used a nursery raises a group: the ringstore error in it decides."""
+    group = ExceptionGroup("fan-out", [RuntimeError("noise"), QuorumError("w", 0, 2)])
+    reply = error_response(ExceptionGroup("outer", [group]), "rid")
+    assert reply.status == 503
+    assert reply.body == b"w quorum not met: got 0, needed 2\n"

@@ -1,19 +1,30 @@
-"""Riak's service resources over in-memory connections: discovery, ping, stats, bucket and
-key listings, bucket properties, routing errors."""
+"""Riak's service resources over in-memory connections to a real KV: discovery, ping, stats,
+bucket and key listings (and their failures, on a real in-memory cluster), bucket properties,
+routing errors."""
 
 from __future__ import annotations
 
 import json
+import random
 import re
 from typing import TYPE_CHECKING
 
 import pytest
+import trio
+import trio.testing
+from rawclient import RawClient
 
-from ringstore.errors import QuorumError
+import ringstore
 from ringstore.http import riak
+from ringstore.http.riak import RiakApp
+from ringstore.http.server import HttpServer
+from ringstore.net.memnet import LinkFaults, MemoryNetwork
+from tests.integration.cluster import Cluster, memory_stores
 
 if TYPE_CHECKING:
-    from conftest import Connect, DictKV, RawClient, Reply
+    from rawclient import Reply
+
+    from tests.http.conftest import Connect, OneNode
 
 TEXT = {"Content-Type": "text/plain"}
 JSON = {"Content-Type": "application/json"}
@@ -54,9 +65,11 @@ async def test_stats(client: RawClient) -> None:
     reply = await client.request("GET", "/stats")
     assert reply.header("Content-Type") == "application/json"
     stats = json.loads(reply.body)
-    assert stats["nodename"] == "stub@127.0.0.1"
-    assert stats["riak_kv_version"] == "ringstore-test"
-    assert stats["node_puts"] == 1
+    assert stats["nodename"] == "n1"
+    assert stats["riak_kv_version"] == ringstore.__version__
+    assert (stats["node_puts"], stats["node_gets"]) == (1, 0)
+    for name in ("mean", "median", "95", "99", "100"):
+        assert isinstance(stats[f"node_put_fsm_time_{name}"], int)
     pretty = await client.request("GET", "/stats", {"Accept": "text/plain"})
     assert pretty.header("Content-Type") == "text/plain"
     assert json.loads(pretty.body) == json.loads(reply.body)
@@ -88,7 +101,7 @@ async def test_list_buckets(client: RawClient) -> None:
     assert json.loads(reply.body) == {"buckets": []}
 
 
-async def test_list_keys(client: RawClient, kv: DictKV) -> None:
+async def test_list_keys(client: RawClient, node: OneNode) -> None:
     await store(client, "b", "k1", "k2", "k3")
     await store(client, "other", "x")
     reply = await client.request("GET", "/buckets/b/keys?keys=true")
@@ -99,10 +112,23 @@ async def test_list_keys(client: RawClient, kv: DictKV) -> None:
     assert json.loads((await client.request("GET", "/buckets/b/keys")).body) == {}
     reply = await client.request("GET", "/buckets/empty/keys?keys=true")
     assert json.loads(reply.body) == {"keys": []}
-    kv.fail_with = QuorumError("list", 0, 1)  # a HEAD must not start a listing
+    await client.request("DELETE", "/buckets/b/keys/k2")
+    reply = await client.request("GET", "/buckets/b/keys?keys=true")
+    assert sorted(json.loads(reply.body)["keys"]) == ["k1", "k3"]  # tombstones are not listed
+
+
+async def test_listing_with_the_storage_gone(client: RawClient, node: OneNode) -> None:
+    """A listing that fails at once gets an error status; a HEAD starts no listing at all."""
+    await store(client, "b", "k1")
+    await node.storage.aclose()
     head = await client.request("HEAD", "/buckets/b/keys?keys=true")
     assert head.status == 200
     assert head.header("Content-Type") == "application/json"
+    for mode in ("true", "stream"):
+        reply = await client.request("GET", f"/buckets/b/keys?keys={mode}")
+        assert reply.status == 500
+        assert b"storage engine is not running" in reply.body
+    assert (await client.request("GET", "/buckets?buckets=true")).status == 500
 
 
 async def test_keys_true_streams_one_object_in_pieces(
@@ -116,32 +142,61 @@ async def test_keys_true_streams_one_object_in_pieces(
     assert sorted(json.loads(reply.body)["keys"]) == keys
 
 
-async def test_listing_failing_at_once_gets_an_error_status(client: RawClient, kv: DictKV) -> None:
-    kv.fail_with = QuorumError("list", 0, 1)
+# -- listing failures on a real cluster (in memory, on a mock clock) ---------------------------
+
+
+@pytest.fixture
+async def cluster3(nursery, tmp_path, autojump_clock):
+    """Three real nodes on the in-memory network, each with an in-memory engine."""
+    network = MemoryNetwork(random.Random(0), default_faults=LinkFaults(delay_s=0.001))
+    cluster = Cluster(nursery, tmp_path, 3, network=network, storage_factory=memory_stores())
+    for name in cluster.names:  # the nodes' admin sockets live there, even without LMDB
+        (tmp_path / name).mkdir()
+    await cluster.start()
+    yield cluster
+    cluster.stop_all()
+
+
+def connect_to(nursery: trio.Nursery, node) -> RawClient:
+    """An in-memory connection to the Riak API of a cluster node's KV handle."""
+    server = HttpServer(RiakApp(node.coordinator, rng=random.Random(2)), node_name=node.name)
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    nursery.start_soon(server.handle_stream, server_stream)
+    return RawClient(client_stream)
+
+
+async def test_listing_with_a_partition_unreachable_fails_at_once(
+    cluster3, nursery: trio.Nursery
+) -> None:
+    client = connect_to(nursery, cluster3.nodes["n1"])
+    body = json.dumps({"props": {"n_val": 1}}).encode()  # one replica: n3 alone holds some keys
+    assert (await client.request("PUT", "/buckets/b/props", JSON, body)).status == 204
+    await store(client, "b", *(f"k{i}" for i in range(10)))
+    await cluster3.stop_node("n3")
+    await cluster3.wait_down("n3")
     reply = await client.request("GET", "/buckets/b/keys?keys=stream")
     assert reply.status == 503
-    kv.fail_with = QuorumError("list", 0, 1)
-    assert (await client.request("GET", "/buckets?buckets=true")).status == 503
+    assert b"r quorum not met: got 0, needed 1" in reply.body
+    assert (await client.request("GET", "/buckets/b/keys?keys=true")).status == 503
 
 
 async def test_stream_listing_failing_later_ends_with_riaks_error_object(
-    client: RawClient, kv: DictKV, monkeypatch: pytest.MonkeyPatch
+    cluster3, nursery: trio.Nursery
 ) -> None:
-    await store(client, "b", "k1", "k2", "k3")
-    original = kv.list_keys
-
-    async def failing(bucket: bytes):
-        async for batch in original(bucket):
-            yield batch
-            raise QuorumError("list", 0, 1, "request timed out")
-
-    monkeypatch.setattr(kv, "list_keys", failing)
-    reply = await client.request("GET", "/buckets/b/keys?keys=stream")
+    client = connect_to(nursery, cluster3.nodes["n1"])
+    await store(client, "b", *(f"k{i}" for i in range(10)))
+    # n3 still counts as up (no ping has failed yet) but will not answer within the timeout:
+    # the listing gets n1's (and n2's) keys, then gives up on n3's.
+    cluster3.network.set_faults("n1", "n3", LinkFaults(delay_s=30.0))
+    start = trio.current_time()
+    reply = await client.request("GET", "/buckets/b/keys?keys=stream&timeout=500")
     assert reply.status == 200
-    assert [json.loads(chunk) for chunk in reply.chunks] == [
-        {"keys": ["k1", "k2"]},
-        {"error": "timeout"},
-    ]
+    objects = [json.loads(chunk) for chunk in reply.chunks]
+    assert objects[-1] == {"error": "timeout"}
+    assert objects[:-1] and all(set(obj) == {"keys"} and obj["keys"] for obj in objects[:-1])
+    listed = [key for obj in objects[:-1] for key in obj["keys"]]
+    assert set(listed) < {f"k{i}" for i in range(10)}
+    assert 0.5 <= trio.current_time() - start < 1
 
 
 async def test_listing_timeout_is_validated(client: RawClient) -> None:

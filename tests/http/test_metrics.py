@@ -16,9 +16,8 @@ from ringstore.http.metrics import NodeCollector
 from ringstore.http.server import HttpServer, build_server
 
 if TYPE_CHECKING:
-    from conftest import Connect
-
     from ringstore.coord.kv import Coordinator
+    from tests.http.conftest import Connect
 
 TEXT = {"Content-Type": "text/plain"}
 

@@ -9,17 +9,16 @@ import random
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import CHUNK_BYTES, assert_nothing_stored, wait_settled
 from rawclient import RawClient
 
 from ringstore.coord.api import ClusterStatus, MemberStatus, WorkerStatus
 from ringstore.http.server import HttpServer, build_server
 from ringstore.http.ui import MAX_FIELD_BYTES
+from tests.http.conftest import CHUNK_BYTES, assert_nothing_stored, wait_settled
 
 if TYPE_CHECKING:
-    from conftest import Connect, OneNode
-
     from ringstore.coord.kv import Coordinator
+    from tests.http.conftest import Connect, OneNode
 
 BOUNDARY = "----ringstoreTestBoundary7MA4YWxk"
 FORM_TYPE = f"multipart/form-data; boundary={BOUNDARY}"

@@ -24,6 +24,7 @@ from ringstore.storage.engine import (
     DELETE,
     MAX_BUCKET_BYTES,
     MAX_KEY_BYTES,
+    MAX_META_NAME_BYTES,
     RecordWrite,
     StorageEngine,
     StoredRecord,
@@ -445,7 +446,7 @@ async def test_bad_arguments_are_refused(engine):
         await engine.sweep(-1)
     with pytest.raises(ValueError):
         await engine.scrub(0)
-    for name in ["", "n" * 201]:
+    for name in ["", "n" * (MAX_META_NAME_BYTES + 1)]:
         with pytest.raises(BadRequest):
             await engine.put_meta(name, b"v")
         with pytest.raises(BadRequest):
