@@ -38,6 +38,37 @@ class StorageConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """The client-facing HTTP server's bounds (every one a client could otherwise stretch)."""
+
+    # Beyond this many open connections new ones get 503 at once instead of queueing.
+    max_connections: int = 1024
+    # Request line + headers: a large vclock plus user metadata fits in 64 KiB.
+    max_header_bytes: int = 64 * 1024
+    # Values stream in chunks, so this guards disk space, not memory.
+    max_object_bytes: int = 5 * 1024**3
+    idle_timeout_s: float = 60.0  # a keep-alive connection with no new request
+    header_timeout_s: float = 15.0  # from a request's first byte to the end of its headers
+    body_idle_timeout_s: float = 30.0  # the longest silence inside a request body
+    send_timeout_s: float = 60.0  # the longest one write may wait on a slow reader
+    # HTTPS when both are set (a PEM certificate chain and its key).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_connections", "max_header_bytes", "max_object_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"http.{name} must be a positive integer")
+        for name in ("idle_timeout_s", "header_timeout_s", "body_idle_timeout_s", "send_timeout_s"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+                raise ConfigError(f"http.{name} must be a positive number of seconds")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError("http.tls_cert_file and http.tls_key_file go together")
+
+
+@dataclass(frozen=True, slots=True)
 class TlsConfig:
     """Mutual TLS between peers: every node presents a certificate signed by `ca_file`."""
 
@@ -74,6 +105,7 @@ class NodeConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     # Without it peers still prove the cluster secret, but traffic is not encrypted.
     tls: TlsConfig | None = None
+    http: HttpConfig = field(default_factory=HttpConfig)
 
     def __post_init__(self) -> None:
         if self.ring_size < 8 or self.ring_size > 1024 or self.ring_size & (self.ring_size - 1):
@@ -123,7 +155,12 @@ def load_config(path: Path) -> NodeConfig:
     if "tls" in raw:
         tls = {name: (base / value).resolve() for name, value in dict(raw["tls"]).items()}
         node["tls"] = _build(TlsConfig, tls, "[tls]")
-    extra = sorted(set(raw) - {"node", "storage", "members", "tls"})
+    http = dict(raw.get("http", {}))
+    for name in ("tls_cert_file", "tls_key_file"):
+        if name in http:
+            http[name] = (base / http[name]).resolve()
+    node["http"] = _build(HttpConfig, http, "[http]")
+    extra = sorted(set(raw) - {"node", "storage", "members", "tls", "http"})
     if extra:
         raise ConfigError(f"{path}: unknown section(s): {', '.join(extra)}")
     return _build(NodeConfig, node, "[node]")

@@ -6,6 +6,7 @@ import functools
 import logging
 import os
 import random
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +23,7 @@ from ringstore.core import versions
 from ringstore.core.props import BucketProps
 from ringstore.core.ring import Ring
 from ringstore.errors import ProtocolError, RingstoreError
-from ringstore.http.server import listener_port, serve_http
+from ringstore.http.server import HttpLimits, listener_port, serve_http
 from ringstore.net.liveness import Liveness
 from ringstore.net.rpc import PeerService
 from ringstore.net.transport import (
@@ -178,6 +179,8 @@ class Node:
                     wall_clock=self._wall_clock,
                     rng=random.Random(self._rng.getrandbits(64)),
                     cluster_status=self._cluster_status,  # web page and /metrics (issue 5)
+                    limits=_http_limits(self.config),
+                    ssl_context=_https_context(self.config),
                 )
             )
             self.http_address = (self.config.http_host, listener_port(listeners[0]))
@@ -321,6 +324,31 @@ class Node:
         return stats
 
     # ---- end web page and /metrics -------------------------------------------------------------
+
+
+def _http_limits(config: NodeConfig) -> HttpLimits:
+    http = config.http
+    return HttpLimits(
+        max_connections=http.max_connections,
+        max_header_bytes=http.max_header_bytes,
+        max_object_bytes=http.max_object_bytes,
+        idle_timeout_s=http.idle_timeout_s,
+        header_timeout_s=http.header_timeout_s,
+        body_idle_timeout_s=http.body_idle_timeout_s,
+        send_timeout_s=http.send_timeout_s,
+    )
+
+
+def _https_context(config: NodeConfig) -> ssl.SSLContext | None:
+    http = config.http
+    if http.tls_cert_file is None or http.tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(http.tls_cert_file, http.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"[http] TLS certificate: {exc}") from None
+    return context
 
 
 def _tcp_transport(config: NodeConfig) -> TcpTransport:
