@@ -198,6 +198,8 @@ class Node:
                 members=self._admin_members,
                 stop=self.stop,
                 status=self._admin_status,
+                workers=lambda: {w.name: w.status() for w in self.workers},
+                run_worker=self._run_worker,
             )
             log.info("%s: starting admin console", self.name)
             self.admin_socket = await nursery.start(
@@ -238,6 +240,10 @@ class Node:
             await self.storage.put_meta("epoch", epoch)
             log.info("%s: new data directory, epoch %s", self.name, epoch.hex())
         return epoch
+
+    async def _run_worker(self, name: str) -> None:
+        """One round of a background worker now (the console's `workers run NAME`)."""
+        await next(w for w in self.workers if w.name == name).run_once()
 
     def _round_trip_s(self, node: str) -> float | None:
         health = self.liveness.health().get(node)

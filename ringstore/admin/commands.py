@@ -59,6 +59,9 @@ class AdminHandle:
     members: Callable[[], Mapping[str, bool]]
     stop: Callable[[], None]
     status: Callable[[], Mapping[str, str]] = dict
+    # Background workers by name: their one-line status, and one round of one of them now.
+    workers: Callable[[], Mapping[str, str]] = dict
+    run_worker: Callable[[str], Awaitable[None]] | None = None
 
 
 class Action(enum.Enum):
@@ -211,6 +214,7 @@ class Console:
             "members": self._members,
             "status": self._status,
             "stats": self._stats,
+            "workers": self._workers,
             "help": self._help,
         }
 
@@ -408,6 +412,22 @@ class Console:
             return []
         width = max(len(name) for name in stats)
         return [f"{name:<{width}}  {_stat_text(stats[name])}" for name in sorted(stats)]
+
+    async def _workers(self, rest: str) -> list[str]:
+        words = rest.split()
+        if words and (len(words) != 2 or words[0] != "run"):
+            raise BadRequest(f"usage: {COMMANDS['workers'].usage}")
+        workers = self.handle.workers()
+        if words:
+            name = words[1]
+            if name not in workers or self.handle.run_worker is None:
+                raise BadRequest(f"no worker {name!r:.40}; `workers` lists them")
+            await self.handle.run_worker(name)
+            return [f"{name}  {printable(self.handle.workers()[name])}"]
+        if not workers:
+            return ["no background workers"]
+        width = max(len(name) for name in workers)
+        return [f"{name:<{width}}  {printable(status)}" for name, status in workers.items()]
 
     async def _help(self, rest: str) -> list[str]:
         if rest:

@@ -94,6 +94,10 @@ COMMANDS: dict[str, CommandSpec] = {
     "members": CommandSpec("members", "the cluster's nodes, up or down as this node sees them"),
     "status": CommandSpec("status", "this node: version, addresses, ring, members, uptime"),
     "stats": CommandSpec("stats", "this node's counters, as GET /stats shows them"),
+    "workers": CommandSpec(
+        "workers [run NAME]",
+        "the background workers and their status; `run NAME` does one round now",
+    ),
     "stop": CommandSpec("stop", "shut this node down cleanly; the other nodes keep serving"),
     "help": CommandSpec("help [COMMAND]", "list the commands, or explain one"),
     "quit": CommandSpec("quit", "leave the console; the node keeps running"),

@@ -396,3 +396,15 @@ async def test_client_refuses_a_socket_that_is_not_an_admin_console(nursery, tmp
 
 async def _body(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+async def test_workers_are_listed_and_one_round_runs_on_demand(node, session):
+    listed = dict(line.split(None, 1) for line in ok(await session.run("workers")))
+    assert set(listed) == {"sweeper", "scrubber"}
+    assert listed["sweeper"].startswith("0 rounds")
+    assert ok(await session.run("workers run sweeper")) == (
+        "sweeper  1 rounds, 0 orphan chunks removed",
+    )
+    for bad in ("workers run", "workers run nobody", "workers sweep now"):
+        reply = await session.run(bad)
+        assert reply.error is not None and not reply.lines
