@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import blake3
 import trio
@@ -39,6 +40,7 @@ from ringstore.errors import (
     RequestTimeout,
     RingstoreError,
 )
+from ringstore.storage.engine import check_name
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +135,7 @@ def _distribution(prefix: str, samples: list[int]) -> dict[str, int]:
 
 
 STAT_SAMPLES = 2048  # latency samples kept per operation for mean/median/95/99/100
+PROPS_MEMO_ENTRIES = 1024  # distinct bucket props kept decoded; more buckets than this is rare
 
 
 class PropsStore:
@@ -147,10 +150,21 @@ class PropsStore:
         self._load = load
         self._save = save
         self.default = default
+        # Decoded props by their stored bytes: every request reads its bucket's props, and
+        # keyed by content the memo can never be stale, whoever changed the stored props.
+        self._decoded: dict[bytes, BucketProps] = {}
 
     async def get(self, bucket: bytes) -> BucketProps:
         raw = await self._load(_props_name(bucket))
-        return BucketProps.decode(raw) if raw else self.default
+        if not raw:
+            return self.default
+        props = self._decoded.get(raw)
+        if props is None:
+            props = BucketProps.decode(raw)
+            if len(self._decoded) >= PROPS_MEMO_ENTRIES:
+                self._decoded.clear()
+            self._decoded[raw] = props
+        return props
 
     async def put(self, bucket: bytes, props: BucketProps | None) -> None:
         await self._save(_props_name(bucket), b"" if props is None else props.encode())
@@ -245,6 +259,7 @@ class Coordinator:
     # -- get ---------------------------------------------------------------------------------
 
     async def get(self, bucket: bytes, key: bytes, query: Mapping[str, str]) -> GetResult:
+        check_name(bucket, key)  # a client's error (400), not N replica failures (503)
         started = trio.current_time()
         props = await self.get_props(bucket)
         options = resolve_options(props, query, "get")
@@ -275,8 +290,18 @@ class Coordinator:
         if core.enough():
             return self._get_answer(core.response())
 
+        # Replicas in sync send equal records: each distinct one is decoded once, and equal
+        # answers are then one object, which the core compares and merges at no cost.
+        decoded: dict[bytes, Object] = {}
+
         async def call(target: Target) -> Object | None:
-            return await self._clients(target.node).get(bucket, key)
+            record = await self._clients(target.node).get_record(bucket, key)
+            if record is None:
+                return None
+            obj = decoded.get(record)
+            if obj is None:
+                obj = decoded[record] = Object.decode(record)
+            return obj
 
         def on_outcome(outcome: Outcome[Object | None]) -> bool:
             t = outcome.target
@@ -336,6 +361,7 @@ class Coordinator:
         query: Mapping[str, str],
         check: BodyCheck | None = None,
     ) -> PutResult:
+        check_name(bucket, key)  # before a byte of the body is read or replicated
         started = trio.current_time()
         props = await self.get_props(bucket)
         options = resolve_options(props, query, "put")
@@ -357,6 +383,7 @@ class Coordinator:
     async def delete(
         self, bucket: bytes, key: bytes, context: str | None, query: Mapping[str, str]
     ) -> None:
+        check_name(bucket, key)
         props = await self.get_props(bucket)
         options = resolve_options(props, query, "delete")
         vv = self._decode_context(bucket, key, context)
@@ -401,9 +428,18 @@ class Coordinator:
         Returns the content and the replicas that hold every chunk of it (every target for
         an inline value): the ones that may coordinate the new version.
         """
-        whole = blake3.blake3()
+        pieces = aiter(body)
         head = bytearray()
-        chunker: Chunker | None = None
+        async for piece in pieces:
+            head += piece
+            if len(head) > self.inline_max:
+                break
+        else:
+            # The whole body fits in the record: no chunks, so none of the upload machinery.
+            content = Content.from_bytes(bytes(head), **self._content_fields(meta))
+            return content, [t.node for t in targets]
+        whole = blake3.blake3(head)
+        chunker = Chunker(self.chunk_size)
         chunks: list[bytes] = []
         fan_out_chunks = _ChunkFanOut(self, [t.node for t in targets], needed)
         send, receive = trio.open_memory_channel[bytes](UPLOAD_PIPELINE_CHUNKS)
@@ -417,24 +453,30 @@ class Coordinator:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(replicate)
                 async with send:
-                    async for piece in body:
+                    for chunk in chunker.feed(head):
+                        await send.send(chunk)
+                    async for piece in pieces:
                         whole.update(piece)
-                        if chunker is None:
-                            head += piece
-                            if len(head) <= self.inline_max:
-                                continue
-                            chunker = Chunker(self.chunk_size)
-                            piece, head = bytes(head), bytearray()
                         for chunk in chunker.feed(piece):
                             await send.send(chunk)
-                    if chunker is not None:
-                        last = chunker.finish()
-                        if last is not None:
-                            await send.send(last)
-            holders = await fan_out_chunks.finish() if chunker else [t.node for t in targets]
+                    last = chunker.finish()
+                    if last is not None:
+                        await send.send(last)
+            holders = await fan_out_chunks.finish()
         finally:
             fan_out_chunks.close()
-        fields = dict(
+        content = Content(
+            size=chunker.total_bytes,
+            etag=whole.hexdigest(),
+            inline=None,
+            chunks=tuple(chunks),
+            **self._content_fields(meta),
+        )
+        return content, holders
+
+    def _content_fields(self, meta: WriteMeta) -> dict[str, Any]:
+        """A new value's Content fields besides its bytes, stamped now (the body is in)."""
+        return dict(
             content_type=meta.content_type,
             charset=meta.charset,
             content_encoding=meta.content_encoding,
@@ -442,16 +484,6 @@ class Coordinator:
             links=meta.links,
             last_modified_us=self._now_us(),
         )
-        if chunker is None:
-            return Content.from_bytes(bytes(head), **fields), holders
-        content = Content(
-            size=chunker.total_bytes,
-            etag=whole.hexdigest(),
-            inline=None,
-            chunks=tuple(chunks),
-            **fields,
-        )
-        return content, holders
 
     async def _coordinated_put(
         self,
@@ -554,14 +586,14 @@ class Coordinator:
         """
         client = self._clients(node)
         try:
-            await client.merge_put(bucket, key, obj, lww)
+            await client.merge(bucket, key, obj, lww)
             return
         except MissingChunks as missing:
             wanted = missing.missing
         for digest in sorted(wanted):
             data = await self._fetch_chunk(digest, sources)
             await client.write_chunk(data, digest)
-        await client.merge_put(bucket, key, obj, lww)
+        await client.merge(bucket, key, obj, lww)
 
     async def _fetch_chunk(self, digest: bytes, sources: Sequence[str]) -> bytes:
         """A verified copy of a chunk from the first source that has a good one.
@@ -575,7 +607,8 @@ class Coordinator:
             try:
                 with trio.fail_after(CHUNK_CALL_TIMEOUT_S):
                     data = await self._clients(node).read_chunk(digest)
-                if chunk_hash(data) != digest:
+                # This node's engine verified the bytes as it read them; others' crossed a wire.
+                if node != self.node and chunk_hash(data) != digest:
                     raise ChunkCorrupt(digest, f"bytes from {node} do not match")
             except (RingstoreError, trio.TooSlowError) as exc:
                 errors.append(f"{node}: {exc}")
@@ -639,10 +672,12 @@ class Coordinator:
         up = self._up_nodes()
         plan: dict[str, list[int]] = {}
         for partition in range(ring.size):
-            nodes = ring.preflist(partition, props.n_val, up).nodes
-            if not nodes:
-                raise QuorumError("r", 0, 1, f"no replica of partition {partition} is up")
-            plan.setdefault(nodes[0], []).append(partition)
+            # Primaries only, as Riak's coverage plan: a fallback holds only what was written
+            # while it stood in, so listing from it would silently miss keys.
+            primaries = ring.preflist(partition, props.n_val, up).primaries
+            if not primaries:
+                raise QuorumError("r", 0, 1, f"no primary of partition {partition} is up")
+            plan.setdefault(primaries[0][1], []).append(partition)
         for node, partitions in sorted(plan.items()):
             with trio.fail_after(CHUNK_CALL_TIMEOUT_S):
                 keys = await self._clients(node).list_keys(bucket, partitions)

@@ -77,9 +77,12 @@ class RemoteReplica:
         return await self._call(self.node, "replica." + method, body, timeout_s)
 
     async def get(self, bucket: bytes, key: bytes) -> Object | None:
+        record = await self.get_record(bucket, key)
+        return None if record is None else Object.decode(record)
+
+    async def get_record(self, bucket: bytes, key: bytes) -> bytes | None:
         reply = await self._request("get", {"b": bucket, "k": key}, RECORD_CALL_TIMEOUT_S)
-        record = reply.get("o")
-        return None if record is None else Object.decode(_field(reply, "o", bytes))
+        return None if reply.get("o") is None else _field(reply, "o", bytes)
 
     async def coordinate_put(
         self,
@@ -101,10 +104,16 @@ class RemoteReplica:
         return Object.decode(_field(reply, "o", bytes))
 
     async def merge_put(self, bucket: bytes, key: bytes, obj: Object, lww: bool) -> Object:
+        return Object.decode(await self._merge_put(bucket, key, obj, lww))
+
+    async def merge(self, bucket: bytes, key: bytes, obj: Object, lww: bool) -> None:
+        await self._merge_put(bucket, key, obj, lww)
+
+    async def _merge_put(self, bucket: bytes, key: bytes, obj: Object, lww: bool) -> bytes:
         body = {"b": bucket, "k": key, "o": obj.encode(), "lww": lww}
         reply = await self._request("merge_put", body, RECORD_CALL_TIMEOUT_S)
         _raise_missing(reply)
-        return Object.decode(_field(reply, "o", bytes))
+        return _field(reply, "o", bytes)
 
     async def missing_chunks(self, hashes: Sequence[bytes]) -> frozenset[bytes]:
         reply = await self._request("missing_chunks", {"h": list(hashes)}, RECORD_CALL_TIMEOUT_S)
@@ -155,8 +164,8 @@ def replica_handlers(replica: LocalReplica) -> dict[str, Callable[[str, Body], A
     """The RPC methods that serve this node's `replica` to the coordinators of other nodes."""
 
     async def get(peer: str, body: Body) -> Body:
-        obj = await replica.get(_field(body, "b", bytes), _field(body, "k", bytes))
-        return {"o": None if obj is None else obj.encode()}
+        # The record goes out as stored: decoding and re-encoding it would only cost time.
+        return {"o": await replica.get_record(_field(body, "b", bytes), _field(body, "k", bytes))}
 
     async def coordinate_put(peer: str, body: Body) -> Body:
         try:
@@ -164,7 +173,7 @@ def replica_handlers(replica: LocalReplica) -> dict[str, Callable[[str, Body], A
         except ValueError as exc:
             raise BadRequest(f"bad content from {peer}: {exc}") from None
         try:
-            obj = await replica.coordinate_put(
+            _, record = await replica.coordinate_put_record(
                 _field(body, "b", bytes),
                 _field(body, "k", bytes),
                 content,
@@ -173,7 +182,7 @@ def replica_handlers(replica: LocalReplica) -> dict[str, Callable[[str, Body], A
             )
         except MissingChunks as exc:
             return {"missing": sorted(exc.missing)}
-        return {"o": obj.encode()}
+        return {"o": record}
 
     async def merge_put(peer: str, body: Body) -> Body:
         try:
@@ -181,12 +190,12 @@ def replica_handlers(replica: LocalReplica) -> dict[str, Callable[[str, Body], A
         except ValueError as exc:
             raise BadRequest(f"bad object from {peer}: {exc}") from None
         try:
-            obj = await replica.merge_put(
+            _, record = await replica.merge_put_record(
                 _field(body, "b", bytes), _field(body, "k", bytes), incoming, bool(body.get("lww"))
             )
         except MissingChunks as exc:
             return {"missing": sorted(exc.missing)}
-        return {"o": obj.encode()}
+        return {"o": record}
 
     async def missing_chunks(peer: str, body: Body) -> Body:
         hashes = check_hashes(_field(body, "h", list))

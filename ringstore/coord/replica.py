@@ -22,6 +22,9 @@ class ReplicaClient(Protocol):
 
     async def get(self, bucket: bytes, key: bytes) -> Object | None: ...
 
+    async def get_record(self, bucket: bytes, key: bytes) -> bytes | None:
+        """The replica's object record as stored (`Object.decode` makes it the object)."""
+
     async def coordinate_put(
         self,
         bucket: bytes,
@@ -32,6 +35,9 @@ class ReplicaClient(Protocol):
     ) -> Object: ...
 
     async def merge_put(self, bucket: bytes, key: bytes, obj: Object, lww: bool) -> Object: ...
+
+    async def merge(self, bucket: bytes, key: bytes, obj: Object, lww: bool) -> None:
+        """`merge_put` for a caller that does not need the merged object back."""
 
     async def missing_chunks(self, hashes: Sequence[bytes]) -> frozenset[bytes]: ...
 
@@ -95,6 +101,11 @@ class LocalReplica:
     async def get(self, bucket: bytes, key: bytes) -> Object | None:
         return _decode(await self.storage.get_record(bucket, key))
 
+    async def get_record(self, bucket: bytes, key: bytes) -> bytes | None:
+        """The stored object record as it is (what a peer asking for the object is sent)."""
+        stored = await self.storage.get_record(bucket, key)
+        return None if stored is None else stored.record
+
     async def coordinate_put(
         self,
         bucket: bytes,
@@ -104,34 +115,59 @@ class LocalReplica:
         lww: bool,
     ) -> Object:
         """Make the new version here (a new dot of this node's actor) and store it."""
+        obj, _ = await self.coordinate_put_record(bucket, key, content, context, lww)
+        return obj
 
+    async def coordinate_put_record(
+        self,
+        bucket: bytes,
+        key: bytes,
+        content: Content,
+        context: VersionVector | None,
+        lww: bool,
+    ) -> tuple[Object, bytes]:
+        """`coordinate_put`, with the stored record's bytes too (what a peer is sent)."""
         key_epoch = await self._key_epochs.next()
+        made: list[Object | None] = [None]
 
         def apply(stored: StoredRecord | None) -> RecordWrite | None:
-            local = _decode(stored)
-            return _write(
-                versions.coordinate(
-                    local, content, context, self.actor, lww=lww, key_epoch=key_epoch
-                )
+            made[0] = versions.coordinate(
+                _decode(stored), content, context, self.actor, lww=lww, key_epoch=key_epoch
             )
+            return _write(made[0])
 
         stored = await self.storage.update(bucket, key, apply)
-        assert stored is not None
-        return Object.decode(stored.record)
+        # The object just made is what was stored: no need to decode the record again.
+        assert stored is not None and made[0] is not None
+        return made[0], stored.record
 
     async def merge_put(self, bucket: bytes, key: bytes, obj: Object, lww: bool) -> Object:
         """Merge another replica's version into ours (replication, read repair, handoff)."""
+        merged, _ = await self.merge_put_record(bucket, key, obj, lww)
+        return merged
+
+    async def merge(self, bucket: bytes, key: bytes, obj: Object, lww: bool) -> None:
+        await self.merge_put_record(bucket, key, obj, lww)
+
+    async def merge_put_record(
+        self, bucket: bytes, key: bytes, obj: Object, lww: bool
+    ) -> tuple[Object, bytes]:
+        """`merge_put`, with the stored record's bytes too (what a peer is sent)."""
+        result: list[Object | None] = [None]
 
         def apply(stored: StoredRecord | None) -> RecordWrite | None:
             local = _decode(stored)
             merged = versions.merge(local, obj, lww=lww)
             if merged is None or (local is not None and merged == local):
+                result[0] = local
                 return None
+            result[0] = merged
             return _write(merged)
 
         stored = await self.storage.update(bucket, key, apply)
-        assert stored is not None
-        return Object.decode(stored.record)
+        # What apply kept or made is what is stored: no need to decode the record again.
+        assert stored is not None and result[0] is not None
+        return result[0], stored.record
 
     async def missing_chunks(self, hashes: Sequence[bytes]) -> frozenset[bytes]:
         return await self.storage.missing_chunks(hashes)

@@ -29,7 +29,7 @@ import binascii
 import hashlib
 import hmac
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import cbor2
@@ -360,6 +360,8 @@ class Object:
     """All versions of one key a replica holds: a DVV set of `Content` siblings."""
 
     entries: tuple[Entry, ...]
+    # encode()'s result, kept: a coordinator sends one new version to every other replica.
+    _encoded: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.entries, tuple) or not all(
@@ -402,10 +404,15 @@ class Object:
 
     def encode(self) -> bytes:
         """Canonical CBOR: equal objects encode to equal bytes (and hash to equal AAE hashes)."""
-        entries = [
-            [e.actor, e.counter, [_content_to_cbor(v) for v in e.values]] for e in self.entries
-        ]
-        return cbor2.dumps([RECORD_FORMAT, entries], canonical=True)
+        encoded = self._encoded
+        if encoded is None:
+            entries = [
+                [e.actor, e.counter, [_content_to_cbor(v) for v in e.values]] for e in self.entries
+            ]
+            encoded = cbor2.dumps([RECORD_FORMAT, entries], canonical=True)
+            # An immutable value's cache: setting it changes nothing anyone can observe.
+            object.__setattr__(self, "_encoded", encoded)
+        return encoded
 
     @staticmethod
     def decode(data: bytes) -> Object:

@@ -202,7 +202,7 @@ class _Decoder:
 
     __slots__ = ("data", "end", "pos", "items")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | memoryview) -> None:
         self.data = data
         self.end = len(data)
         self.pos = 0
@@ -243,9 +243,9 @@ class _Decoder:
                 raise ProtocolError("frame ends inside a CBOR string")
             self.pos = end
             if major == 2:
-                return data[pos:end]
+                return bytes(data[pos:end])
             try:
-                return data[pos:end].decode()
+                return str(data[pos:end], "utf-8")
             except UnicodeDecodeError:
                 raise ProtocolError("text string is not valid UTF-8") from None
         self.pos = pos
@@ -431,6 +431,15 @@ def encode_frame(
 
     Low level, for tests and tools: `Connection.send` is the checked way to send.
     """
+    prefix, payload = encode_frame_parts(message, max_frame_bytes)
+    return prefix + payload
+
+
+def encode_frame_parts(
+    message: Message | HandshakeMessage, max_frame_bytes: int = MAX_FRAME_BYTES
+) -> tuple[bytes, bytes]:
+    """`encode_frame` as (length prefix, CBOR payload): a driver writing the two in turn
+    spares copying a large payload (a chunk) into one string with its prefix."""
     wire: dict[str, Any] = {"type": message.TYPE, "id": getattr(message, "id", _HANDSHAKE_WIRE_ID)}
     for name in message.FIELDS:
         wire[name] = getattr(message, name)
@@ -443,11 +452,14 @@ def encode_frame(
     payload = cbor2.dumps(wire)
     if len(payload) > max_frame_bytes:
         raise LocalProtocolError(too_big)
-    return len(payload).to_bytes(LENGTH_PREFIX_BYTES, "big") + payload
+    return len(payload).to_bytes(LENGTH_PREFIX_BYTES, "big"), payload
 
 
-def decode_payload(payload: bytes) -> Message | HandshakeMessage:
-    """The message in one frame's CBOR payload (no length prefix); ProtocolError if invalid."""
+def decode_payload(payload: bytes | memoryview) -> Message | HandshakeMessage:
+    """The message in one frame's CBOR payload (no length prefix); ProtocolError if invalid.
+
+    A memoryview is read in place: only the values decoded from it are copied out.
+    """
     decoder = _Decoder(payload)
     wire = decoder.decode(0)
     if decoder.pos != len(payload):
@@ -631,6 +643,7 @@ class Connection:
       empty once established. Send them after each next_event() until Established.
     - `send(message)`: the frame for a Request / Reply / Ping / Pong; LocalProtocolError
       (nothing changes) if the message is invalid, too big, or the handshake is not done.
+      `send_parts(message)` is the same frame as (length prefix, payload).
 
     Anything wrong from the peer raises ProtocolError; the connection is then dead and every
     later call raises ProtocolError again (drop the stream).
@@ -640,6 +653,8 @@ class Connection:
         "_handshake",
         "_max_frame_bytes",
         "_buffer",
+        "_pieces",
+        "_pieces_bytes",
         "_outgoing",
         "_eof",
         "_error",
@@ -664,6 +679,11 @@ class Connection:
         self._handshake = Handshake(role, node_name, secret, nonce)
         self._max_frame_bytes = max_frame_bytes
         self._buffer = bytearray()
+        # Received bytes not yet joined into _buffer. A large frame arrives in many reads;
+        # appending each to a bytearray can reallocate and copy it every time (quadratic in
+        # the frame), so the reads wait here until the frame is whole and are joined once.
+        self._pieces: list[bytes] = []
+        self._pieces_bytes = 0
         self._outgoing = bytearray()
         self._eof = False
         self._error: str | None = None
@@ -696,7 +716,7 @@ class Connection:
     @property
     def buffered_bytes(self) -> int:
         """Received bytes not yet turned into events."""
-        return len(self._buffer)
+        return len(self._buffer) + self._pieces_bytes
 
     def _frame_limit(self) -> int:
         return self._max_frame_bytes if self.established else HANDSHAKE_MAX_FRAME_BYTES
@@ -713,11 +733,15 @@ class Connection:
             if len(data):
                 raise LocalProtocolError("receive_data after EOF")
             return
-        if len(self._buffer) >= LENGTH_PREFIX_BYTES + self._frame_limit():
+        if self.buffered_bytes >= LENGTH_PREFIX_BYTES + self._frame_limit():
             raise LocalProtocolError("call next_event() until NEED_DATA before feeding more")
         if not len(data):
             self._eof = True
-        self._buffer += data
+            return
+        # Kept until joined: a caller's bytearray or view could change meanwhile, so copy those.
+        piece = data if type(data) is bytes else bytes(data)
+        self._pieces.append(piece)
+        self._pieces_bytes += len(piece)
 
     def next_event(self) -> Message | Established | Literal[Signal.NEED_DATA, Signal.CLOSED]:
         self._check_alive()
@@ -726,21 +750,22 @@ class Connection:
         except ProtocolError as exc:
             self._error = str(exc)
             self._buffer = bytearray()
+            self._pieces.clear()
+            self._pieces_bytes = 0
             self._outgoing = bytearray()
             raise
 
     def _next_event(self) -> Message | Established | Literal[Signal.NEED_DATA, Signal.CLOSED]:
         while True:
-            payload = self._take_frame()
-            if payload is None:
+            message = self._take_message()
+            if message is None:
                 if not self._eof:
                     return NEED_DATA
-                if self._buffer:
-                    raise ProtocolError(f"peer closed mid-frame ({len(self._buffer)} bytes)")
+                if self.buffered_bytes:
+                    raise ProtocolError(f"peer closed mid-frame ({self.buffered_bytes} bytes)")
                 if not self.established:
                     raise ProtocolError("peer closed before the handshake completed")
                 return CLOSED
-            message = decode_payload(payload)
             if self.established:
                 if isinstance(message, _HANDSHAKE_TYPES):
                     raise ProtocolError(f"{message.TYPE} after the handshake completed")
@@ -753,21 +778,37 @@ class Connection:
             if self._handshake.done:
                 return Established(self.peer_name)
 
-    def _take_frame(self) -> bytes | None:
+    def _take_message(self) -> Message | HandshakeMessage | None:
+        """The next whole frame's message, decoded straight from the buffer (no copy of the
+        frame: a chunk's bytes are copied once, into the value decoded), or None."""
         buffer = self._buffer
         if len(buffer) < LENGTH_PREFIX_BYTES:
-            return None
+            buffer = self._join_pieces()
+            if len(buffer) < LENGTH_PREFIX_BYTES:
+                return None
         length = int.from_bytes(buffer[:LENGTH_PREFIX_BYTES], "big")
         limit = self._frame_limit()
         if length > limit:
             raise ProtocolError(f"frame of {length} bytes exceeds the {limit}-byte limit")
         end = LENGTH_PREFIX_BYTES + length
         if len(buffer) < end:
-            return None
+            if len(buffer) + self._pieces_bytes < end:
+                return None
+            buffer = self._join_pieces()
         with memoryview(buffer) as view:
-            payload = bytes(view[LENGTH_PREFIX_BYTES:end])
+            message = decode_payload(view[LENGTH_PREFIX_BYTES:end])
+        # Every view of the buffer is gone by now (the decoder keeps none), so it may shrink.
         del buffer[:end]
-        return payload
+        return message
+
+    def _join_pieces(self) -> bytearray:
+        """Move the received pieces into the buffer, in one allocation and one copy."""
+        if self._pieces:
+            self._pieces.insert(0, self._buffer)
+            self._buffer = bytearray().join(self._pieces)
+            self._pieces.clear()
+            self._pieces_bytes = 0
+        return self._buffer
 
     def data_to_send(self) -> bytes:
         self._check_alive()
@@ -776,6 +817,11 @@ class Connection:
         return data
 
     def send(self, message: Message) -> bytes:
+        prefix, payload = self.send_parts(message)
+        return prefix + payload
+
+    def send_parts(self, message: Message) -> tuple[bytes, bytes]:
+        """`send`'s frame as (length prefix, payload), to be written in that order."""
         self._check_alive()
         if not isinstance(message, _APPLICATION_TYPES):
             raise LocalProtocolError(
@@ -783,4 +829,4 @@ class Connection:
             )
         if not self.established:
             raise LocalProtocolError("cannot send before the handshake completed")
-        return encode_frame(message, self._max_frame_bytes)
+        return encode_frame_parts(message, self._max_frame_bytes)

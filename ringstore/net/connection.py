@@ -50,6 +50,7 @@ COALESCE_BYTES = 256 * 1024
 MAX_ERROR_MESSAGE_CHARS = 1000
 
 Body = dict[str, Any]
+Frame = tuple[bytes, bytes]  # a frame as its length prefix and payload (codec.send_parts)
 Handler = Callable[[str, Body], Awaitable[Body]]
 OVERLOADED = "Overloaded"  # the error kind of a request refused for too many handlers
 INTERNAL_ERROR = "InternalError"  # the error kind of a handler that raised a non-ringstore error
@@ -85,7 +86,7 @@ class PeerConnection:
         self._next_id = 1
         self._handlers_running = 0
         self._call_slots = trio.Semaphore(service.max_calls_in_flight)
-        self._outbox_send, self._outbox_receive = trio.open_memory_channel[bytes](
+        self._outbox_send, self._outbox_receive = trio.open_memory_channel[Frame](
             service.max_calls_in_flight + service.max_handlers_per_connection + OUTBOX_SLACK_FRAMES
         )
         self._nursery: trio.Nursery | None = None
@@ -161,7 +162,7 @@ class PeerConnection:
                 raise PeerUnavailable(self.peer, f"connection lost: {self.close_reason}")
             message_id = self._next_id
             self._next_id += 1
-            frame = self.codec.send(message_for(message_id))
+            frame = self.codec.send_parts(message_for(message_id))
             pending = _Pending(expects)
             self._pending[message_id] = pending
             try:
@@ -184,17 +185,32 @@ class PeerConnection:
         try:
             async for frame in self._outbox_receive:
                 frames = [frame]
-                size = len(frame)
+                size = len(frame[1])
                 while size < COALESCE_BYTES:
                     try:
                         more = self._outbox_receive.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
                     frames.append(more)
-                    size += len(more)
-                await self.stream.send_all(frames[0] if len(frames) == 1 else b"".join(frames))
+                    size += len(more[1])
+                await self._write(frames)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self.close(f"send failed: {exc!r}")
+
+    async def _write(self, frames: list[Frame]) -> None:
+        """Send `frames` in order: small pieces joined into one write, a large payload on its
+        own after them (joining would copy it for no syscall saved)."""
+        small: list[bytes] = []
+        for prefix, payload in frames:
+            small.append(prefix)
+            if len(payload) < COALESCE_BYTES:
+                small.append(payload)
+                continue
+            await self.stream.send_all(b"".join(small))
+            small = []
+            await self.stream.send_all(payload)
+        if small:
+            await self.stream.send_all(b"".join(small))
 
     async def _receive_loop(self) -> None:
         try:
@@ -247,7 +263,7 @@ class PeerConnection:
 
     def _send_nowait(self, message: wire.Message) -> None:
         try:
-            self._outbox_send.send_nowait(self.codec.send(message))
+            self._outbox_send.send_nowait(self.codec.send_parts(message))
         except trio.WouldBlock:
             raise ProtocolError("the peer does not read what we send") from None
         except trio.ClosedResourceError:
@@ -262,11 +278,11 @@ class PeerConnection:
                 body = await handler(self.peer, request.body)
                 if self.closed:
                     return
-                frame = self.codec.send(wire.Reply(request.id, True, body))
+                frame = self.codec.send_parts(wire.Reply(request.id, True, body))
             except RingstoreError as exc:
                 if self.closed:
                     return
-                frame = self.codec.send(
+                frame = self.codec.send_parts(
                     wire.Reply(request.id, False, error_body(type(exc).__name__, str(exc)))
                 )
             except Exception:
@@ -279,7 +295,7 @@ class PeerConnection:
                 )
                 if self.closed:
                     return
-                frame = self.codec.send(
+                frame = self.codec.send_parts(
                     wire.Reply(request.id, False, error_body(INTERNAL_ERROR, "handler failed"))
                 )
             self.service._requests_handled += 1

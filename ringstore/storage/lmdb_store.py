@@ -41,9 +41,14 @@ so the sweeper deletes it unless a record names it. Only a start after a crash p
 
 Concurrency: one committer task applies every queued write in one write transaction (group
 commit), each operation under its own savepoint (a nested transaction), in one worker-thread
-call. Reads and file I/O run on worker threads under capacity limiters; the event loop never
-waits on the disk. Per-chunk locks order the file operations on one hash (publish,
-quarantine, delete) against each other.
+call. Scans, chunk files and commits (every fsync) run on worker threads under capacity
+limiters. Point lookups (`get_record`, `get_meta`, `missing_chunks`) run on the calling thread,
+the event loop: one is a few B-tree pages of a memory map, microseconds from the page cache,
+where a worker-thread hop costs tens of microseconds of CPU and, on a busy loop, can wait up
+to the GIL's 5 ms switch interval to get back (bench/RESULTS.md, issue 6's profile: hops were
+a fifth of a node's CPU). The price is a page fault on a cold page, one disk read, while the
+loop waits. Per-chunk locks order the file operations on one hash (publish, quarantine,
+delete) against each other.
 """
 
 from __future__ import annotations
@@ -105,6 +110,9 @@ WRITE_QUEUE_OPS = 1024  # writers beyond this wait to enqueue: bounds memory und
 READ_THREADS = 4  # LMDB lookups are short; more threads would only contend for the cores
 FILE_THREADS = 8  # chunk file reads and writes mostly wait on the disk, so allow more
 UPLOAD_BUFFER_BYTES = 64 * 1024  # small streamed pieces are gathered: one thread hop per write
+# A lookup of more keys than this (a large object's chunk list) goes to a worker thread: the
+# event loop holds still for at most this many B-tree descents.
+INLINE_LOOKUP_MAX_KEYS = 64
 ROW_PAGE = 1024  # chunk rows read per read transaction by sweep and scrub
 MAX_DBS = 8  # five named databases in use, room for more
 FORMAT_VERSION = 1
@@ -217,6 +225,12 @@ def _prefix_successor(prefix: bytes) -> bytes | None:
     if not stripped:
         return None
     return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+def _write_and_finish(upload: Upload, data: bytes | bytearray | memoryview) -> bytes:
+    """Write the whole chunk and make it durable; its hash (one worker-thread call)."""
+    upload.write(data)
+    return upload.finish()
 
 
 def _commit_error(exc: BaseException) -> LocalError:
@@ -490,6 +504,14 @@ class LmdbStore:
         """Run `fn(txn, *args)` in a read transaction on a worker thread."""
         return await self._thread(self._read_limiter, self._in_read_txn, fn, *args)
 
+    def _lookup(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn(txn, *args)`, a point lookup, in a read transaction on this thread.
+
+        Only for reads of a few pages (see Concurrency at the top); never for scans.
+        """
+        self._check_running()
+        return self._in_read_txn(fn, *args)
+
     def _in_read_txn(self, fn: Callable[..., Any], *args: Any) -> Any:
         assert self._env is not None
         with self._env.begin() as txn:
@@ -663,7 +685,8 @@ class LmdbStore:
         check_name(bucket, key)
         okey = object_key(bucket, key)
         full_key = _prefix(partition_of(bucket, key, self.ring_size)) + okey
-        raw = await self._read(lambda txn: txn.get(full_key, db=self._dbs.objects))
+        raw = self._lookup(lambda txn: txn.get(full_key, db=self._dbs.objects))
+        await trio.lowlevel.checkpoint()
         return None if raw is None else _decode_record(okey, raw)
 
     async def scan_partition(
@@ -790,13 +813,15 @@ class LmdbStore:
                 raise ChunkTooLarge(size, self.chunk_size)
         elif not hasattr(data, "__aiter__"):
             raise TypeError("write_chunk takes bytes or an async iterator of bytes")
+        if whole and expected is not None:
+            return await self._write_known(data, expected)
         upload: Upload = await self._file(self._files.start_upload)
         try:
             if whole:
-                await self._file(upload.write, data)
+                digest = await self._file(_write_and_finish, upload, data)
             else:
                 await self._receive_pieces(upload, data)
-            digest = await self._file(upload.finish)
+                digest = await self._file(upload.finish)
             if expected is not None and digest != expected:
                 raise ChunkCorrupt(expected, f"the bytes received hash to {digest.hex()}")
             async with self._hash_lock(digest):
@@ -814,6 +839,48 @@ class LmdbStore:
             if not upload.published:
                 with trio.CancelScope(shield=True):
                     await self._file(upload.discard, check=False)
+
+    async def _write_known(self, data: bytes | bytearray | memoryview, expected: bytes) -> bytes:
+        """`write_chunk` of whole bytes whose hash the caller names (every replication does).
+
+        The hash being known, its lock is taken first and the file is written, verified and
+        published in one worker-thread call instead of four.
+        """
+        async with self._hash_lock(expected):
+            # Shielded for the reason given in write_chunk.
+            with trio.CancelScope(shield=True):
+                self._unsettled_files += 1
+                uploads: list[Upload] = []
+                try:
+                    digest = await self._file(self._store_whole, data, expected, uploads)
+                except BaseException:
+                    if not (uploads and uploads[0].published):
+                        self._unsettled_files -= 1
+                    raise
+                if digest != expected:
+                    self._unsettled_files -= 1
+                    raise ChunkCorrupt(expected, f"the bytes received hash to {digest.hex()}")
+                await self._submit(
+                    partial(self._apply_register, chunk=expected, size=uploads[0].size)
+                )
+                self._unsettled_files -= 1
+        return expected
+
+    def _store_whole(
+        self, data: bytes | bytearray | memoryview, expected: bytes, uploads: list[Upload]
+    ) -> bytes:
+        """Write an upload (appended to `uploads`); publish it if it hashes to `expected`,
+        else discard it. Returns the hash of the bytes."""
+        upload = self._files.start_upload()
+        uploads.append(upload)
+        try:
+            digest = _write_and_finish(upload, data)
+            if digest == expected:
+                self._files.publish(upload, digest)
+        finally:
+            if not upload.published:
+                upload.discard()
+        return digest
 
     async def _receive_pieces(self, upload: Upload, pieces: AsyncIterator[bytes]) -> None:
         buffer = bytearray()
@@ -854,7 +921,11 @@ class LmdbStore:
         wanted = list(hashes)
         for chunk in wanted:
             check_chunk_hash(chunk)
-        return await self._read(self._missing, wanted)
+        if len(wanted) > INLINE_LOOKUP_MAX_KEYS:
+            return await self._read(self._missing, wanted)
+        missing = self._lookup(self._missing, wanted)
+        await trio.lowlevel.checkpoint()
+        return missing
 
     def _missing(self, txn: lmdb.Transaction, hashes: list[bytes]) -> frozenset[bytes]:
         missing = set()
@@ -1009,7 +1080,9 @@ class LmdbStore:
 
     async def get_meta(self, name: str) -> bytes | None:
         stored_name = check_meta_name(name)
-        return await self._read(lambda txn: txn.get(stored_name, db=self._dbs.meta))
+        value = self._lookup(lambda txn: txn.get(stored_name, db=self._dbs.meta))
+        await trio.lowlevel.checkpoint()
+        return value
 
     async def put_meta(self, name: str, value: bytes) -> None:
         stored_name = check_meta_name(name)

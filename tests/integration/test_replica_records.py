@@ -1,0 +1,160 @@
+"""A replica hands out and takes in object records without decoding or encoding them twice.
+
+`LocalReplica` over the in-memory engine (thread-free), and its RPC handlers called directly:
+what they return must be exactly what the engine stores, and the objects they return must
+equal what a decode of the stored record gives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+import trio
+
+from ringstore.coord.remote import RemoteReplica, replica_handlers
+from ringstore.coord.replica import LocalReplica
+from ringstore.core import versions
+from ringstore.core.versions import Content, Object
+from ringstore.net.memnet import MemoryNetwork
+from ringstore.storage.memory import MemoryStore
+from tests.integration.cluster import TEXT, Cluster, body_of, memory_stores
+
+ACTOR = versions.make_actor("n1", b"\x01" * versions.EPOCH_BYTES)
+OTHER = versions.make_actor("n2", b"\x02" * versions.EPOCH_BYTES)
+
+
+def content(value: bytes, modified_us: int = 1) -> Content:
+    return Content.from_bytes(value, content_type="text/plain", last_modified_us=modified_us)
+
+
+@pytest.fixture
+async def replica(nursery: trio.Nursery) -> LocalReplica:
+    store = MemoryStore(ring_size=16, inline_max=1024, chunk_size=4096)
+    await nursery.start(store.run)
+    return LocalReplica("n1", ACTOR, store)
+
+
+async def stored_record(replica: LocalReplica, key: bytes) -> bytes:
+    stored = await replica.storage.get_record(b"b", key)
+    assert stored is not None
+    return stored.record
+
+
+async def test_coordinate_returns_the_stored_object_and_its_record(replica):
+    obj, record = await replica.coordinate_put_record(b"b", b"k", content(b"v1"), None, False)
+    assert record == await stored_record(replica, b"k")
+    assert Object.decode(record) == obj
+    assert obj.encode() == record
+    again = await replica.coordinate_put(b"b", b"k", content(b"v2", 2), obj.context(), False)
+    assert again == Object.decode(await stored_record(replica, b"k"))
+    assert [c.inline for c in again.siblings()] == [b"v2"]
+
+
+async def test_merge_returns_the_stored_object_whether_or_not_it_changed(replica):
+    theirs = versions.coordinate(None, content(b"theirs"), None, OTHER, key_epoch=1)
+    merged, record = await replica.merge_put_record(b"b", b"k", theirs, False)
+    assert merged == theirs == Object.decode(record)
+    assert record == await stored_record(replica, b"k")
+    # The same object again changes nothing: the record stays as it was, byte for byte.
+    unchanged, same = await replica.merge_put_record(b"b", b"k", theirs, False)
+    assert (unchanged, same) == (theirs, record)
+    # A concurrent local write makes siblings; merging the old object back keeps them.
+    mine = await replica.coordinate_put(b"b", b"k", content(b"mine", 5), None, False)
+    assert len(mine.siblings()) == 2
+    assert await replica.merge_put(b"b", b"k", theirs, False) == mine
+    assert await replica.merge(b"b", b"k", theirs, False) is None
+    assert Object.decode(await stored_record(replica, b"k")) == mine
+
+
+async def test_handlers_send_the_stored_record_as_it_is(replica):
+    handlers = replica_handlers(replica)
+    assert await handlers["replica.get"]("n2", {"b": b"b", "k": b"k"}) == {"o": None}
+    obj = await replica.coordinate_put(b"b", b"k", content(b"v"), None, False)
+    record = await stored_record(replica, b"k")
+    assert await handlers["replica.get"]("n2", {"b": b"b", "k": b"k"}) == {"o": record}
+
+    body = {"b": b"b", "k": b"k2", "c": versions.encode_content(content(b"w")), "lww": False}
+    reply = await handlers["replica.coordinate_put"]("n2", body)
+    assert reply == {"o": await stored_record(replica, b"k2")}
+
+    theirs = versions.coordinate(obj, content(b"newer", 9), obj.context(), OTHER, key_epoch=1)
+    body = {"b": b"b", "k": b"k", "o": theirs.encode(), "lww": False}
+    reply = await handlers["replica.merge_put"]("n2", body)
+    assert reply == {"o": await stored_record(replica, b"k")}
+    assert Object.decode(reply["o"]) == theirs
+
+
+async def test_remote_merge_does_not_need_the_object_back(replica):
+    handlers = replica_handlers(replica)
+
+    async def call(peer: str, method: str, body: dict, timeout_s: float) -> dict:
+        return await handlers[method]("n2", body)
+
+    remote = RemoteReplica("n1", call)
+    theirs = versions.coordinate(None, content(b"x"), None, OTHER, key_epoch=1)
+    assert await remote.merge(b"b", b"k", theirs, False) is None
+    assert await remote.merge_put(b"b", b"k", theirs, False) == theirs
+    assert await remote.get(b"b", b"k") == theirs
+    assert await remote.get_record(b"b", b"k") == await stored_record(replica, b"k")
+    assert await remote.get_record(b"b", b"absent") is None
+
+
+def test_an_objects_encoding_is_kept_and_changes_nothing_else():
+    obj = versions.coordinate(None, content(b"value"), None, ACTOR, key_epoch=3)
+    fresh = Object(obj.entries)
+    first = obj.encode()
+    assert obj.encode() is first  # kept, not made again
+    assert first == fresh.encode()
+    assert obj == fresh and hash(obj) == hash(fresh)
+    assert repr(obj) == repr(fresh)
+    changed = dataclasses.replace(obj, entries=obj.entries[:0])
+    assert changed.encode() != first
+    assert Object.decode(first) == obj
+
+
+async def test_a_coordinated_get_decodes_equal_replies_once(
+    nursery, tmp_path, autojump_clock, monkeypatch
+):
+    cluster = Cluster(
+        nursery,
+        tmp_path,
+        3,
+        network=MemoryNetwork(random.Random(0)),
+        storage_factory=memory_stores(),
+        serve_http=False,
+    )
+    await cluster.start()
+    n1 = cluster.nodes["n1"]
+    await n1.coordinator.put(b"b", b"k", TEXT, body_of(b"value"), None, {"w": "3"})
+
+    answered = 0
+    all_answered = trio.Event()
+    decodes: list[bytes] = []
+    real_decode = Object.decode
+
+    def counted_decode(data: bytes) -> Object:
+        decodes.append(data)
+        return real_decode(data)
+
+    def counted(get_record):
+        async def wrapper(self, bucket: bytes, key: bytes) -> bytes | None:
+            nonlocal answered
+            record = await get_record(self, bucket, key)
+            answered += 1
+            if answered == 3:
+                all_answered.set()
+            return record
+
+        return wrapper
+
+    monkeypatch.setattr(Object, "decode", staticmethod(counted_decode))
+    monkeypatch.setattr(LocalReplica, "get_record", counted(LocalReplica.get_record))
+    monkeypatch.setattr(RemoteReplica, "get_record", counted(RemoteReplica.get_record))
+    result = await n1.coordinator.get(b"b", b"k", {"r": "2"})
+    with trio.fail_after(5):
+        await all_answered.wait()
+    assert [c.inline for c in result.object.siblings()] == [b"value"]
+    assert len(decodes) == 1  # three equal records, one decode
+    cluster.stop_all()

@@ -1,0 +1,119 @@
+"""The LMDB engine's hot paths: point lookups without a thread hop, one-hop chunk writes."""
+
+from __future__ import annotations
+
+import lmdb
+import pytest
+import trio
+
+from ringstore.core.hashing import chunk_hash
+from ringstore.errors import ChunkCorrupt, StorageClosed
+from ringstore.storage import lmdb_store
+from ringstore.storage.lmdb_store import CLEAN_KEY, INLINE_LOOKUP_MAX_KEYS, LmdbStore
+
+lmdb_only = pytest.mark.parametrize("kind", ["lmdb"])  # the `engines` fixture's kind
+
+
+class ThreadCalls:
+    """Counts the engine's worker-thread calls (every one goes through trio.to_thread)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        real = trio.to_thread.run_sync
+
+        async def counted(fn, *args, **kwargs):
+            self.count += 1
+            return await real(fn, *args, **kwargs)
+
+        monkeypatch.setattr(lmdb_store.trio.to_thread, "run_sync", counted)
+
+    def take(self) -> int:
+        count, self.count = self.count, 0
+        return count
+
+
+def stopped_cleanly(engine: LmdbStore) -> bool:
+    """Whether the closed engine recorded a clean stop (no chunk file left without its row)."""
+    env = lmdb.open(str(engine.path / "meta.lmdb"), max_dbs=8, readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            return txn.get(CLEAN_KEY, db=env.open_db(b"meta", txn=txn)) is not None
+    finally:
+        env.close()
+
+
+@lmdb_only
+async def test_point_lookups_take_no_thread_hop(engines, monkeypatch):
+    engine = await engines.start()
+    chunk = await engine.write_chunk(b"a chunk")
+    await engine.put_record(b"b", b"k", b"record", [chunk])
+    await engine.put_meta("name", b"value")
+    calls = ThreadCalls(monkeypatch)
+
+    stored = await engine.get_record(b"b", b"k")
+    assert stored is not None and (stored.record, stored.chunks) == (b"record", (chunk,))
+    assert await engine.get_record(b"b", b"absent") is None
+    assert await engine.get_meta("name") == b"value"
+    assert await engine.get_meta("absent") is None
+    assert await engine.missing_chunks([chunk, chunk_hash(b"other")]) == {chunk_hash(b"other")}
+    assert calls.take() == 0
+
+    # A long list of hashes is a scan in all but name: it goes to a worker thread.
+    many = [chunk_hash(bytes([i % 256, i // 256])) for i in range(INLINE_LOOKUP_MAX_KEYS + 1)]
+    assert await engine.missing_chunks([chunk, *many]) == set(many)
+    assert calls.take() == 1
+
+
+@lmdb_only
+async def test_point_lookups_are_checkpoints(engines):
+    engine = await engines.start()
+    await engine.put_record(b"b", b"k", b"record", [])
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await engine.get_record(b"b", b"k")
+    assert scope.cancelled_caught
+
+
+@lmdb_only
+async def test_point_lookups_after_close_are_refused(engines):
+    engine = await engines.start()
+    await engine.aclose()
+    with pytest.raises(StorageClosed):
+        await engine.get_record(b"b", b"k")
+    with pytest.raises(StorageClosed):
+        await engine.get_meta("name")
+    with pytest.raises(StorageClosed):
+        await engine.missing_chunks([chunk_hash(b"x")])
+
+
+@lmdb_only
+async def test_a_chunk_with_a_known_hash_is_stored_in_one_file_hop(engines, monkeypatch):
+    engine = await engines.start()
+    calls = ThreadCalls(monkeypatch)
+    data = b"x" * 200
+    assert await engine.write_chunk(data, expected=chunk_hash(data)) == chunk_hash(data)
+    assert calls.take() == 2  # write + fsync + rename in one call, then the row's commit
+    assert await engine.read_chunk(chunk_hash(data)) == data
+    assert calls.take() == 1
+    assert engine.statistics().chunks == 1
+    # Without the hash the engine hashes first, then publishes under the hash's lock.
+    other = b"y" * 200
+    assert await engine.write_chunk(other) == chunk_hash(other)
+    assert calls.take() == 4  # start, write + fsync, rename, commit
+    assert await engine.read_chunk(chunk_hash(other)) == other
+
+
+@lmdb_only
+async def test_known_hash_writes_leave_a_clean_stop(engines):
+    engine = await engines.start()
+    data = b"z" * 100
+    with pytest.raises(ChunkCorrupt):
+        await engine.write_chunk(data, expected=chunk_hash(b"something else"))
+    assert await engine.write_chunk(data, expected=chunk_hash(data)) == chunk_hash(data)
+    assert await engine.write_chunk(data, expected=chunk_hash(data)) == chunk_hash(data)
+    assert engine.statistics().chunks == 1
+    assert sorted(p.name for p in (engine.path / "tmp").iterdir()) == []
+    await engine.aclose()
+    assert stopped_cleanly(engine)
+    again = await engines.reopen(engine)
+    assert await again.read_chunk(chunk_hash(data)) == data
