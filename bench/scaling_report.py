@@ -114,7 +114,9 @@ class ListSample:
     round: int
     seconds: float
     keys_listed: int
-    keys_written: int  # what the run had stored by then: a shortfall is a missing key
+    # Keys the run had written by then. A listing of fewer missed acknowledged writes: a
+    # failed PUT, or (seen at W=2) a key on no replica the coverage plan asked yet.
+    keys_written: int
 
     @property
     def us_per_key(self) -> float:
@@ -151,7 +153,7 @@ class TurnSummary:
     list_seconds: Spread | None
     keys_listed: Spread | None
     us_per_key: Spread | None
-    keys_missing: int  # largest shortfall of a listing against the keys written
+    keys_missing: int  # the largest shortfall of a listing against the keys written
 
 
 def summarize(
@@ -326,7 +328,8 @@ def format_section(
     for phase in PHASES:
         for cluster in CLUSTERS:
             s = summarize(phase, cluster, ops, pooled, lists)
-            errors = str(s.errors) + (f", {s.keys_missing} keys missing" if s.keys_missing else "")
+            missing = f"; a listing missed {s.keys_missing}" if s.keys_missing else ""
+            errors = f"{s.errors}{missing}"
             lines.append(
                 f"| {phase} | {cluster} | {_shown(s.keys_listed, 0)} | {_shown(s.get_rate)}"
                 f" | {_num(s.get_p50_ms, 2)} | {_num(s.get_p99_ms, 2)} | {_shown(s.put_rate)}"

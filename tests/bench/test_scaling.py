@@ -18,6 +18,7 @@ from bench.scaling_report import (
     ListSample,
     OpSample,
     Plan,
+    PooledSample,
     RunInfo,
     Spread,
     Verdict,
@@ -47,12 +48,16 @@ def plan_of(*argv: str) -> Plan:
 
 
 def ops(phase: str, op: str, a_rates: list[float], b_rates: list[float]) -> list[OpSample]:
-    """Rounds 1, 2, ... of each cluster; p50 = 10 ms x round, p99 = 40 ms x round."""
+    """Rounds 1, 2, ... of each cluster."""
     return [
-        OpSample(phase, cluster, n, op, 100, 0, rate, 10.0 * n, 40.0 * n)
+        OpSample(phase, cluster, n, op, 100, 0, rate)
         for cluster, rates in (("A", a_rates), ("B", b_rates))
         for n, rate in enumerate(rates, 1)
     ]
+
+
+def pooled(phase: str, cluster: str, op: str, p50_ms: float, p99_ms: float) -> PooledSample:
+    return PooledSample(phase, cluster, op, 300, 0, 3.0, p50_ms, p99_ms)
 
 
 def lists(phase: str, a: tuple[float, int], b: tuple[float, int], rounds: int = 3) -> list:
@@ -121,15 +126,18 @@ def test_the_command_line_refuses_bad_options_before_starting_anything(capsys, t
 
 def test_summaries_take_medians_and_spreads() -> None:
     measured = ops("same", "get", [300, 100, 200], [1, 1, 1]) + ops("same", "put", [50, 70, 60], [])
+    pools = [pooled("same", "A", "get", 20.0, 80.0), pooled("same", "B", "get", 1.0, 2.0)]
+    pools.append(pooled("doubled", "A", "put", 3.0, 4.0))
     listed = lists("same", (0.2, 1000), (0.1, 1000))
     listed.append(ListSample("same", "A", 4, 0.2, 990, 1000))  # this listing missed 10 keys
-    a = summarize("same", "A", measured, listed)
+    a = summarize("same", "A", measured, pools, listed)
     assert a.get_rate == Spread(200, 100, 300) and a.put_rate == Spread(60, 50, 70)
-    assert (a.get_p50_ms, a.get_p99_ms) == (20.0, 80.0)  # medians of the rounds' percentiles
+    assert (a.get_p50_ms, a.get_p99_ms, a.put_p50_ms, a.put_p99_ms) == (20.0, 80.0, None, None)
     assert a.list_seconds == Spread(0.2, 0.2, 0.2)
     assert a.keys_listed == Spread(1000, 990, 1000) and a.keys_missing == 10
-    assert summarize("same", "B", measured, listed).get_rate == Spread(1, 1, 1)
-    empty = summarize("doubled", "A", measured, listed)
+    b = summarize("same", "B", measured, pools, listed)
+    assert b.get_rate == Spread(1, 1, 1) and b.get_p99_ms == 2.0
+    empty = summarize("doubled", "B", measured, pools, listed)
     assert empty.get_rate is None and empty.list_seconds is None and empty.keys_missing == 0
 
 
@@ -185,7 +193,9 @@ def test_the_section_shows_every_phase_and_verdict() -> None:
     samples += ops("same", "put", [50] * 3, [50] * 3) + ops("doubled", "put", [50] * 3, [50] * 3)
     listed = lists("half", (0.05, 500), (0.1, 1000)) + lists("same", (0.1, 1000), (0.1, 1000))
     listed += lists("doubled", (0.1, 1000), (0.2, 2000))
-    text = format_section(PLAN, INFO, samples, listed)
+    listed[-5] = ListSample("doubled", "A", 2, 0.0995, 995, 1000)  # as fast per key
+    pools = [pooled("doubled", "B", "get", 20.0, 80.0)]
+    text = format_section(PLAN, INFO, samples, pools, listed)
     assert text.startswith("## 2026-01-02 03:04 UTC: scaling with the key count\n")
     assert "quick" not in text
     assert "`.venv/bin/python -m bench.scaling --keys 1000` (42 s in all)" in text
@@ -196,6 +206,7 @@ def test_the_section_shows_every_phase_and_verdict() -> None:
         "| half | A | 500 (500..500) | - | - | - | - | - | - | 0 | 0.050 (0.050..0.050) |" in text
     )
     assert "| doubled | B | 2,000 (2,000..2,000) | 80.0 (80.0..80.0) | 20.00 | 80.00 |" in text
+    assert "| 0; a listing missed 5 |" in text  # A's list in doubled round 2 (below)
     assert (
         "| 4 KiB GET ops/s, 2,000 keys / 1,000 | 0.800 (0.800..0.800) | 1.000 (1.000..1.000)"
         " | 0.800 | >= 0.90 | **missed** |"
@@ -203,7 +214,7 @@ def test_the_section_shows_every_phase_and_verdict() -> None:
     assert "| 4 KiB PUT ops/s, 2,000 keys / 1,000 | 1.000 (1.000..1.000) |" in text
     assert "| list-keys time, 2,000 keys / 1,000 (per key, x2) | 2.000 (2.000..2.000) |" in text
     assert "| list-keys time, 1,000 keys / 500 (per key, x2) | 2.000 (2.000..2.000) |" in text
-    quick = format_section(Plan(keys=K, rounds=3, operations=10, quick=True), INFO, [], [])
+    quick = format_section(Plan(keys=K, rounds=3, operations=10, quick=True), INFO, [], [], [])
     assert "(quick smoke run: not a measurement)" in quick
     assert quick.count("| not measured |") == 4
 

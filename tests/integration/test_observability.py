@@ -84,7 +84,9 @@ async def test_storage_gauges_and_failure_counters(cluster3: Cluster, connect) -
 
     big = random.Random(3).randbytes(4 * CHUNK_BYTES)  # four distinct chunks on every replica
     headers = {"Content-Type": "application/octet-stream"}
-    assert (await client.request("PUT", "/buckets/b/keys/big", headers, big)).status == 204
+    # w=3: every replica, this node included, holds all chunks once the PUT is answered.
+    put = await client.request("PUT", "/buckets/b/keys/big?w=3", headers, big)
+    assert put.status == 204
     after_put = await metrics_of(client)
     assert value(after_put, "ringstore_chunk_store_bytes") == len(big)
     assert value(after_put, "ringstore_objects") == 1

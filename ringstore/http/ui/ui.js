@@ -356,6 +356,9 @@ async function loadKeys() {
   byId("keys-title").textContent = "Keys in " + displayName(bucket);
   try {
     const { keys } = await fetchJson(bucketUrl(bucket) + "/keys?keys=true");
+    // A listing reads one replica per partition (Riak's coverage), which may not have a
+    // write answered at W < N yet: keep the key just selected (or uploaded) in view.
+    if (state.key !== null && !keys.includes(state.key)) keys.push(state.key);
     keys.sort();
     if (state.bucket === bucket) renderPickList(list, keys, state.key, selectKey, "No keys.");
   } catch (error) {
