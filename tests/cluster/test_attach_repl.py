@@ -138,10 +138,6 @@ def test_console_on_a_terminal_survives_nodes_killed_from_another_terminal(
         term.run("members", r"^node3 +down +\d+$")
         term.run("get fruit apple r=3", r"^error: r quorum not met: got 2, needed 3")
         term.run("no such thing", r"^error: unknown command 'no'")
-        term.type("half a line")
-        term.expect("half a line")  # readline echoed it: it is reading keys now
-        term.type(CTRL_C)  # Ctrl-C drops the line, not the console
-        term.expect(PROMPT1)
         term.type(CTRL_P + CTRL_P + "\r")  # readline history: two commands back
         term.expect(r"^error: r quorum not met")
         term.expect(PROMPT1)
