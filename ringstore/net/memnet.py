@@ -266,7 +266,6 @@ class MemoryNetwork:
         self._listeners: dict[str, tuple[trio.Nursery, StreamHandler]] = {}
         # Dicts as ordered sets: wake-up order must not depend on object ids (seeded runs).
         self._streams: dict[Link, dict[MemoryStream, None]] = collections.defaultdict(dict)
-        self._topology_changed = trio.Event()
         self._connects = 0
         self._connects_failed = 0
         self._bytes_delivered = 0
@@ -329,9 +328,6 @@ class MemoryNetwork:
             bytes_delivered=self._bytes_delivered,
         )
 
-    async def wait_topology_change(self) -> None:
-        await self._topology_changed.wait()
-
     # -- internals -----------------------------------------------------------------------
 
     def _wake_all(self) -> None:
@@ -339,8 +335,6 @@ class MemoryNetwork:
             for stream in streams:
                 stream._in.notify()
                 stream._out.notify()
-        self._topology_changed.set()
-        self._topology_changed = trio.Event()
 
     def _break(self, link: Link) -> int:
         streams = self._streams.pop(link, {})
