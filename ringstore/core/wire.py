@@ -326,6 +326,15 @@ class Request:
             )
         _check_body(self.body)
 
+    def with_id(self, message_id: int) -> Request:
+        """This request under another id, without checking the body again (it was checked
+        when this one was built; `encode_frame` checks it once more when it is sent)."""
+        _check_id(message_id)
+        request = object.__new__(Request)
+        for name, value in (("id", message_id), ("method", self.method), ("body", self.body)):
+            object.__setattr__(request, name, value)
+        return request
+
 
 @dataclass(frozen=True, slots=True)
 class Reply:

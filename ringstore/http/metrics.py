@@ -25,7 +25,7 @@ rather than shown as a made-up 0.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -231,6 +231,9 @@ class NodeMetrics:
         self.collector = NodeCollector(lambda: kv.info().stats, cluster_status=cluster_status)
         self.registry.register(self.collector)  # type: ignore[arg-type]
         self._by_operation: dict[str, int] = {}
+        # The labelled children per (operation, status): a bounded set (operations are the
+        # router's handler names, statuses ours), looked up once rather than per request.
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     @property
     def server_stats(self) -> Callable[[], Mapping[str, object]] | None:
@@ -242,9 +245,16 @@ class NodeMetrics:
 
     def request_done(self, request: Request | None, status: int, duration_s: float) -> None:
         operation = UNPARSED if request is None else self.classify(request.method, request.path)
-        self.requests.labels(operation, str(status)).inc()
-        if request is not None:
-            self.latency.labels(operation, str(status)).observe(duration_s)
+        children = self._children.get((operation, status))
+        if children is None:
+            labels = (operation, str(status))
+            children = self._children[operation, status] = (
+                self.requests.labels(*labels),
+                None if request is None else self.latency.labels(*labels),
+            )
+        children[0].inc()
+        if children[1] is not None:
+            children[1].observe(duration_s)
         self._by_operation[operation] = self._by_operation.get(operation, 0) + 1
 
     def requests_by_operation(self) -> dict[str, int]:

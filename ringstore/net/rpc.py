@@ -225,12 +225,10 @@ class PeerService:
         `LocalProtocolError` (nothing sent) for a method name or body the wire cannot carry.
         """
         self._check_call(peer, timeout_s)
-        wire.Request(0, method, body)  # validates before anything is sent or dialled
-        with trio.move_on_after(timeout_s):
+        request = wire.Request(0, method, body)  # validates before anything is sent or dialled
+        with trio.CancelScope(deadline=trio.current_time() + timeout_s):
             connection = await self._connection_for(peer)
-            reply = await connection.exchange(
-                lambda message_id: wire.Request(message_id, method, body), wire.Reply
-            )
+            reply = await connection.exchange(request.with_id, wire.Reply)
             if reply.ok:
                 return reply.body
             raise remote_error(peer, reply.body)

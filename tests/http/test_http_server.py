@@ -307,11 +307,15 @@ async def test_connections_over_the_limit_get_503_at_once(
 async def test_one_log_line_per_request(
     client: RawClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="ringstore.http.connection")
+    caplog.set_level(logging.DEBUG, logger="ringstore.http.connection")
     await client.request("GET", "/buckets/b/keys/k?r=1")
     await client.request("GET", "/ping")
     lines = [r.getMessage() for r in caplog.records if r.name == "ringstore.http.connection"]
     assert len(lines) == 2
+    # Fast answers that are not server errors are the access log's DEBUG lines.
+    assert {r.levelno for r in caplog.records if r.name == "ringstore.http.connection"} == {
+        logging.DEBUG
+    }
     first, second = (line.split() for line in lines)
     assert first[0] == "node=test" and first[1].startswith("req=")
     assert first[2:5] == ["GET", "/buckets/b/keys/k?r=1", "404"]
@@ -334,6 +338,7 @@ class FailingApp:
 async def test_a_bug_in_the_app_is_500_and_the_connection_goes_on(
     nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="ringstore.http.connection")
     server = HttpServer(FailingApp(), node_name="bug")
     client_stream, server_stream = trio.testing.memory_stream_pair()
     nursery.start_soon(server.handle_stream, server_stream)
@@ -343,6 +348,12 @@ async def test_a_bug_in_the_app_is_500_and_the_connection_goes_on(
     assert reply.body.startswith(b"Error: internal error (request ")
     assert b"a bug" not in reply.body  # internals stay in the log
     assert any("a bug" in (r.exc_text or "") for r in caplog.records)
+    # A server error's access line is logged at INFO, where operators look.
+    assert any(
+        r.levelno == logging.INFO and r.getMessage().split()[2:5] == ["GET", "/bug", "500"]
+        for r in caplog.records
+        if r.name == "ringstore.http.connection"
+    )
     assert (await client.request("GET", "/fine")).body == b"fine"
 
 
