@@ -359,9 +359,7 @@ class Connection:
             status = await self._finish(request, response)
         finally:
             duration_s = trio.current_time() - started_at
-            level = (
-                logging.INFO if status >= 500 or duration_s >= SLOW_REQUEST_S else logging.DEBUG
-            )
+            level = logging.INFO if status >= 500 or duration_s >= SLOW_REQUEST_S else logging.DEBUG
             log.log(
                 level,
                 "node=%s req=%s %s %s %d %.1fms",
