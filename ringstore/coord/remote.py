@@ -28,6 +28,7 @@ from ringstore.errors import (
     ProtocolError,
     RemoteCallError,
 )
+from ringstore.net.connection import Handler, Inline
 
 Body = dict[str, Any]
 Call = Callable[[str, str, Body, float], Awaitable[Body]]
@@ -160,12 +161,12 @@ def _bytes_list(items: list[Any]) -> list[bytes]:
     return items
 
 
-def replica_handlers(replica: LocalReplica) -> dict[str, Callable[[str, Body], Awaitable[Body]]]:
+def replica_handlers(replica: LocalReplica) -> dict[str, Handler]:
     """The RPC methods that serve this node's `replica` to the coordinators of other nodes."""
 
-    async def get(peer: str, body: Body) -> Body:
+    def get(peer: str, body: Body) -> Body:
         # The record goes out as stored: decoding and re-encoding it would only cost time.
-        return {"o": await replica.get_record(_field(body, "b", bytes), _field(body, "k", bytes))}
+        return {"o": replica.lookup_record(_field(body, "b", bytes), _field(body, "k", bytes))}
 
     async def coordinate_put(peer: str, body: Body) -> Body:
         try:
@@ -217,8 +218,8 @@ def replica_handlers(replica: LocalReplica) -> dict[str, Callable[[str, Body], A
     async def list_buckets(peer: str, body: Body) -> Body:
         return {"buckets": await replica.list_buckets()}
 
-    handlers = {
-        "get": get,
+    handlers: dict[str, Handler] = {
+        "get": Inline(get),  # a point read on the event loop: answered without a task
         "coordinate_put": coordinate_put,
         "merge_put": merge_put,
         "missing_chunks": missing_chunks,

@@ -106,6 +106,11 @@ class LocalReplica:
         stored = await self.storage.get_record(bucket, key)
         return None if stored is None else stored.record
 
+    def lookup_record(self, bucket: bytes, key: bytes) -> bytes | None:
+        """`get_record` as a plain call that never yields (see `StorageEngine.lookup_record`)."""
+        stored = self.storage.lookup_record(bucket, key)
+        return None if stored is None else stored.record
+
     async def coordinate_put(
         self,
         bucket: bytes,

@@ -197,6 +197,10 @@ class StorageEngine(Protocol):
 
     async def get_record(self, bucket: bytes, key: bytes) -> StoredRecord | None: ...
 
+    def lookup_record(self, bucket: bytes, key: bytes) -> StoredRecord | None:
+        """`get_record` as a plain call that never yields: a point read on the event loop,
+        for answers given without a task (a peer's GET)."""
+
     async def write_chunk(
         self, data: bytes | AsyncIterator[bytes], expected: bytes | None = None
     ) -> bytes:

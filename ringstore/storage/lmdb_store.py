@@ -682,11 +682,15 @@ class LmdbStore:
                 )
 
     async def get_record(self, bucket: bytes, key: bytes) -> StoredRecord | None:
+        stored = self.lookup_record(bucket, key)
+        await trio.lowlevel.checkpoint()
+        return stored
+
+    def lookup_record(self, bucket: bytes, key: bytes) -> StoredRecord | None:
         check_name(bucket, key)
         okey = object_key(bucket, key)
         full_key = _prefix(partition_of(bucket, key, self.ring_size)) + okey
         raw = self._lookup(lambda txn: txn.get(full_key, db=self._dbs.objects))
-        await trio.lowlevel.checkpoint()
         return None if raw is None else _decode_record(okey, raw)
 
     async def scan_partition(

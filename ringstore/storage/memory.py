@@ -349,6 +349,11 @@ class MemoryStore:
     async def get_record(self, bucket: bytes, key: bytes) -> StoredRecord | None:
         check_name(bucket, key)
         await self._checkpoint()
+        return self.lookup_record(bucket, key)
+
+    def lookup_record(self, bucket: bytes, key: bytes) -> StoredRecord | None:
+        check_name(bucket, key)
+        self._check_running()
         partition = partition_of(bucket, key, self.ring_size)
         return self._disk.records.get(partition, {}).get(object_key(bucket, key))
 

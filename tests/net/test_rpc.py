@@ -23,6 +23,7 @@ from ringstore.errors import (
     RemoteCallError,
 )
 from ringstore.net import rpc
+from ringstore.net.connection import Inline
 from ringstore.net.memnet import LinkFaults, MemoryNetwork
 from ringstore.net.rpc import PeerEvent, PeerService
 
@@ -176,6 +177,43 @@ async def test_error_replies_carry_kind_and_message(make_cluster, clock, caplog)
             assert await a.call("b", "nope", {}, timeout_s=5) == {"peer": "a", "body": {}}
             # The connection survives every error reply.
             assert await a.call("b", "echo", {}, timeout_s=5) == {"peer": "a", "body": {}}
+            assert a.statistics().connections_dialled == 1
+
+
+async def test_inline_handlers_answer_at_once_even_when_every_handler_slot_is_busy(
+    make_cluster, clock, caplog
+) -> None:
+    def lookup(peer: str, body: dict) -> dict:
+        if body.get("key") == "missing":
+            raise NotFound("no such key")
+        if body.get("key") == "bug":
+            raise ValueError("secret internals")
+        return {"peer": peer, "value": body.get("key")}
+
+    blocker = Blocker()
+    handlers = {"lookup": Inline(lookup), "block": blocker}
+    async with make_cluster() as cluster:
+        a = await cluster.start("a", max_calls_in_flight=4)
+        await cluster.start("b", handlers, max_calls_in_flight=1, max_handlers_per_connection=1)
+        with trio.fail_after(DEADLINE_S):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(functools.partial(a.call, "b", "block", {}, timeout_s=5))
+                await blocker.wait_for_calls(1)  # the one handler slot is taken
+                reply = await a.call("b", "lookup", {"key": "k"}, timeout_s=5)
+                assert reply == {"peer": "a", "value": "k"}
+                with pytest.raises(RemoteCallError) as info:
+                    await a.call("b", "lookup", {"key": "missing"}, timeout_s=5)
+                assert (info.value.kind, info.value.remote_message) == ("NotFound", "no such key")
+                with caplog.at_level(logging.ERROR), pytest.raises(RemoteCallError) as info:
+                    await a.call("b", "lookup", {"key": "bug"}, timeout_s=5)
+                assert info.value.kind == "InternalError"
+                assert "secret internals" not in str(info.value)
+                assert "secret internals" in caplog.text  # logged on the serving side
+                blocker.release.set()
+            assert await a.call("b", "lookup", {"key": "again"}, timeout_s=5) == {
+                "peer": "a",
+                "value": "again",
+            }
             assert a.statistics().connections_dialled == 1
 
 

@@ -74,9 +74,11 @@ async def test_put_get_overwrite_delete(engine):
     assert await engine.get_record(b"b", b"k") == StoredRecord(b"b", b"k", b"one", ())
     await engine.put_record(b"b", b"k", b"two", [])
     assert await engine.get_record(b"b", b"k") == StoredRecord(b"b", b"k", b"two", ())
+    assert engine.lookup_record(b"b", b"k") == StoredRecord(b"b", b"k", b"two", ())
     assert engine.statistics().objects == 1
     await engine.delete_record(b"b", b"k")
     assert await engine.get_record(b"b", b"k") is None
+    assert engine.lookup_record(b"b", b"k") is None
     assert engine.statistics().objects == 0
     await engine.delete_record(b"b", b"k")  # deleting what is not there is a no-op
     await engine.delete_record(b"b", b"never")
@@ -404,6 +406,8 @@ async def test_name_limits(engine):
             await engine.put_record(bucket, key, b"r", [])
         with pytest.raises(KeyTooLong):
             await engine.get_record(bucket, key)
+        with pytest.raises(KeyTooLong):
+            engine.lookup_record(bucket, key)
         with pytest.raises(KeyTooLong):
             await engine.update(bucket, key, lambda current: RecordWrite(b"r", ()))
         with pytest.raises(KeyTooLong):
