@@ -29,10 +29,20 @@ class StorageConfig:
     sweep_grace_s: float = 3600.0
     # Scrub reads at most this many bytes per second so it never starves requests.
     scrub_bytes_per_s: float = 32 * 1024 * 1024
+    # Large values (over inline_max) this node takes in at once as coordinator. Each holds a
+    # few chunks in memory while it streams to the replicas, so this bounds a node's upload
+    # memory; further uploads wait for a turn before their body is read.
+    uploads_in_flight: int = 8
 
     def __post_init__(self) -> None:
+        for name in ("chunk_size", "inline_max", "uploads_in_flight"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"storage.{name} must be an integer, not {value!r}")
         if self.chunk_size < 4096 or self.chunk_size > 16 * 1024 * 1024:
             raise ConfigError("storage.chunk_size must be between 4096 and 16777216 bytes")
+        if not 1 <= self.uploads_in_flight <= 4096:
+            raise ConfigError("storage.uploads_in_flight must be between 1 and 4096")
         if not 0 <= self.inline_max <= self.chunk_size:
             raise ConfigError("storage.inline_max must be between 0 and storage.chunk_size")
 

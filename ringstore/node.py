@@ -152,6 +152,7 @@ class Node:
             broadcast_props=self._broadcast_props,
             chunk_size=self.config.storage.chunk_size,
             inline_max=self.config.storage.inline_max,
+            uploads_in_flight=self.config.storage.uploads_in_flight,
             wall_clock=self._wall_clock,
             version=ringstore.__version__,
             extra_stats=self._stats,

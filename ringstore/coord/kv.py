@@ -85,6 +85,7 @@ class CoordinatorStats:
     quorum_failures: int = 0
     chunk_fallbacks: int = 0
     chunk_repairs: int = 0
+    uploads_waited: int = 0  # large values that waited for an upload turn (uploads_in_flight)
     get_times_us: list[int] = field(default_factory=list)
     put_times_us: list[int] = field(default_factory=list)
     sibling_counts: list[int] = field(default_factory=list)
@@ -107,6 +108,7 @@ class CoordinatorStats:
             "ringstore_quorum_failures_total": self.quorum_failures,
             "ringstore_chunk_fallbacks_total": self.chunk_fallbacks,
             "ringstore_chunk_repairs_total": self.chunk_repairs,
+            "ringstore_uploads_waited_total": self.uploads_waited,
         }
         for prefix, samples in (
             ("node_get_fsm_time", self.get_times_us),
@@ -189,6 +191,7 @@ class Coordinator:
         broadcast_props: Callable[[bytes, BucketProps | None], Awaitable[None]] | None = None,
         chunk_size: int,
         inline_max: int,
+        uploads_in_flight: int = 8,
         wall_clock: Callable[[], float] = time.time,
         version: str = "",
         extra_stats: Callable[[], Mapping[str, object]] | None = None,
@@ -203,6 +206,9 @@ class Coordinator:
         self._broadcast_props = broadcast_props
         self.chunk_size = chunk_size
         self.inline_max = inline_max
+        # A turn per large value streaming in, held until its last chunk write ends (the
+        # replicas that finish after the answer included): bounds the node's upload memory.
+        self._upload_turns = trio.Semaphore(uploads_in_flight)
         self._wall_clock = wall_clock
         self._version = version
         self._extra_stats = extra_stats
@@ -441,7 +447,12 @@ class Coordinator:
         whole = blake3.blake3(head)
         chunker = Chunker(self.chunk_size)
         chunks: list[bytes] = []
-        fan_out_chunks = _ChunkFanOut(self, [t.node for t in targets], needed)
+        if self._upload_turns.value == 0:
+            self.stats.uploads_waited += 1
+        await self._upload_turns.acquire()
+        fan_out_chunks = _ChunkFanOut(
+            self, [t.node for t in targets], needed, when_done=self._upload_turns.release
+        )
         send, receive = trio.open_memory_channel[bytes](UPLOAD_PIPELINE_CHUNKS)
 
         async def replicate() -> None:
@@ -716,7 +727,13 @@ class _ChunkFanOut:
     coordinator's background nursery or, if they fall `UPLOAD_LAG_CHUNKS` behind, are dropped.
     """
 
-    def __init__(self, owner: Coordinator, nodes: Sequence[str], needed: int) -> None:
+    def __init__(
+        self,
+        owner: Coordinator,
+        nodes: Sequence[str],
+        needed: int,
+        when_done: Callable[[], None],
+    ) -> None:
         self._owner = owner
         self._needed = needed
         self._sent = 0
@@ -725,28 +742,43 @@ class _ChunkFanOut:
         self._queues: dict[str, trio.MemorySendChannel[tuple[bytes, bytes]]] = {}
         self._changed = trio.Event()
         self._started = False
+        # Called once, when closed and every replica's writer has ended: no chunk of this
+        # upload is held any more.
+        self._when_done: Callable[[], None] | None = when_done
+        self._closed = False
+        self._writers = 0
 
     def _start(self) -> None:
         self._started = True
         for node in self.acked:
             send, receive = trio.open_memory_channel[tuple[bytes, bytes]](UPLOAD_LAG_CHUNKS)
             self._queues[node] = send
+            self._writers += 1
             self._owner.background.start_soon(self._store, node, receive)
 
     async def _store(
         self, node: str, receive: trio.MemoryReceiveChannel[tuple[bytes, bytes]]
     ) -> None:
-        async with receive:
-            async for digest, chunk in receive:
-                try:
-                    with trio.fail_after(CHUNK_CALL_TIMEOUT_S):
-                        await self._owner._clients(node).write_chunk(chunk, digest)
-                except (RingstoreError, trio.TooSlowError) as exc:
-                    log.warning("chunk %s to %s failed: %s", digest.hex()[:12], node, exc)
-                    self._drop(node)
-                    return
-                self.acked[node] += 1
-                self._notify()
+        try:
+            async with receive:
+                async for digest, chunk in receive:
+                    try:
+                        with trio.fail_after(CHUNK_CALL_TIMEOUT_S):
+                            await self._owner._clients(node).write_chunk(chunk, digest)
+                    except (RingstoreError, trio.TooSlowError) as exc:
+                        log.warning("chunk %s to %s failed: %s", digest.hex()[:12], node, exc)
+                        self._drop(node)
+                        return
+                    self.acked[node] += 1
+                    self._notify()
+        finally:
+            self._writers -= 1
+            self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        if self._closed and self._writers == 0 and self._when_done is not None:
+            when_done, self._when_done = self._when_done, None
+            when_done()
 
     def _drop(self, node: str) -> None:
         self._alive.discard(node)
@@ -791,6 +823,8 @@ class _ChunkFanOut:
     def close(self) -> None:
         for queue in self._queues.values():
             queue.close()
+        self._closed = True
+        self._maybe_done()
 
 
 def _resolved(obj: Object) -> Object:

@@ -19,44 +19,55 @@ class Chunker:
             raise ValueError(f"chunk_size must be a positive int: {chunk_size!r}")
         self.chunk_size = chunk_size
         self.total_bytes = 0
-        self._buffer = bytearray()
+        # The pieces of the chunk being filled, joined once when it is full: growing one
+        # buffer would copy its bytes again at every reallocation and once more at the end.
+        self._pieces: list[bytes | memoryview] = []
+        self._buffered = 0
         self._finished = False
 
     @property
     def buffered_bytes(self) -> int:
-        return len(self._buffer)
+        return self._buffered
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         if self._finished:
             raise RuntimeError("feed after finish")
         view = memoryview(data).cast("B")
+        if not isinstance(data, bytes):
+            view = memoryview(bytes(view))  # the caller may reuse a mutable buffer
         self.total_bytes += len(view)
         size = self.chunk_size
         chunks: list[bytes] = []
         position = 0
-        if self._buffer:
-            position = min(size - len(self._buffer), len(view))
-            self._buffer += view[:position]
-            if len(self._buffer) < size:
+        if self._pieces:
+            position = min(size - self._buffered, len(view))
+            self._keep(view[:position])
+            if self._buffered < size:
                 return chunks
-            chunks.append(bytes(self._buffer))
-            self._buffer.clear()
+            chunks.append(self._take())
         # Whole chunks are sliced straight from the input: a large piece is copied once.
         while len(view) - position >= size:
             chunks.append(bytes(view[position : position + size]))
             position += size
-        self._buffer += view[position:]
+        if position < len(view):
+            self._keep(view[position:])
         return chunks
 
     def finish(self) -> bytes | None:
         if self._finished:
             raise RuntimeError("finish called twice")
         self._finished = True
-        if not self._buffer:
-            return None
-        last = bytes(self._buffer)
-        self._buffer.clear()
-        return last
+        return self._take() if self._pieces else None
+
+    def _keep(self, piece: memoryview) -> None:
+        self._pieces.append(piece)
+        self._buffered += len(piece)
+
+    def _take(self) -> bytes:
+        chunk = b"".join(self._pieces)
+        self._pieces.clear()
+        self._buffered = 0
+        return chunk
 
 
 class ChunkSlice(NamedTuple):

@@ -440,15 +440,35 @@ def encode_frame(
 
     Low level, for tests and tools: `Connection.send` is the checked way to send.
     """
-    prefix, payload = encode_frame_parts(message, max_frame_bytes)
-    return prefix + payload
+    return b"".join(encode_frame_parts(message, max_frame_bytes))
+
+
+# A body value of bytes this large (a chunk) is not copied into the encoded frame: the frame
+# goes out as pieces around it (see encode_frame_parts).
+SPLICE_MIN_BYTES = 64 * 1024
+# Stands in for the large value while the rest of the message is encoded. If these bytes
+# turn up elsewhere in the same message, the frame is encoded whole instead.
+_SPLICE_MARK = b"\x00ringstore:wire:large-value-goes-here\x00"
+_SPLICE_MARK_CBOR = cbor2.dumps(_SPLICE_MARK)
+
+
+def _bytes_head(length: int) -> bytes:
+    """The CBOR head of a byte string of `length` bytes (major type 2, shortest form)."""
+    if length < 24:
+        return bytes([0x40 | length])
+    for info, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if length < 1 << (8 * size):
+            return bytes([0x40 | info]) + length.to_bytes(size, "big")
+    raise LocalProtocolError(f"a byte string of {length} bytes cannot be encoded")
 
 
 def encode_frame_parts(
     message: Message | HandshakeMessage, max_frame_bytes: int = MAX_FRAME_BYTES
-) -> tuple[bytes, bytes]:
-    """`encode_frame` as (length prefix, CBOR payload): a driver writing the two in turn
-    spares copying a large payload (a chunk) into one string with its prefix."""
+) -> tuple[bytes, ...]:
+    """`encode_frame` as pieces to be written in order: the length prefix first, and the
+    first body value of at least SPLICE_MIN_BYTES bytes (a chunk) as a piece of its own,
+    the very object given, so it is never copied into the frame.
+    """
     wire: dict[str, Any] = {"type": message.TYPE, "id": getattr(message, "id", _HANDSHAKE_WIRE_ID)}
     for name in message.FIELDS:
         wire[name] = getattr(message, name)
@@ -458,6 +478,31 @@ def encode_frame_parts(
     too_big = f"message exceeds the {max_frame_bytes}-byte frame limit"
     if tally.min_bytes > max_frame_bytes:
         raise LocalProtocolError(too_big)
+    body = wire.get("body")
+    large = None
+    if type(body) is dict:
+        large = next(
+            (
+                name
+                for name, value in body.items()
+                if type(value) is bytes and len(value) >= SPLICE_MIN_BYTES
+            ),
+            None,
+        )
+    if large is not None:
+        assert isinstance(body, dict)
+        value = body[large]
+        wire["body"] = {**body, large: _SPLICE_MARK}
+        skeleton = cbor2.dumps(wire)
+        at = skeleton.find(_SPLICE_MARK_CBOR)
+        if at >= 0 and skeleton.find(_SPLICE_MARK_CBOR, at + 1) < 0:
+            head = skeleton[:at] + _bytes_head(len(value))
+            tail = skeleton[at + len(_SPLICE_MARK_CBOR) :]
+            length = len(head) + len(value) + len(tail)
+            if length > max_frame_bytes:
+                raise LocalProtocolError(too_big)
+            return length.to_bytes(LENGTH_PREFIX_BYTES, "big") + head, value, tail
+        wire["body"] = body
     payload = cbor2.dumps(wire)
     if len(payload) > max_frame_bytes:
         raise LocalProtocolError(too_big)
@@ -652,7 +697,7 @@ class Connection:
       empty once established. Send them after each next_event() until Established.
     - `send(message)`: the frame for a Request / Reply / Ping / Pong; LocalProtocolError
       (nothing changes) if the message is invalid, too big, or the handshake is not done.
-      `send_parts(message)` is the same frame as (length prefix, payload).
+      `send_parts(message)` is the same frame as pieces, a chunk among them uncopied.
 
     Anything wrong from the peer raises ProtocolError; the connection is then dead and every
     later call raises ProtocolError again (drop the stream).
@@ -826,11 +871,11 @@ class Connection:
         return data
 
     def send(self, message: Message) -> bytes:
-        prefix, payload = self.send_parts(message)
-        return prefix + payload
+        return b"".join(self.send_parts(message))
 
-    def send_parts(self, message: Message) -> tuple[bytes, bytes]:
-        """`send`'s frame as (length prefix, payload), to be written in that order."""
+    def send_parts(self, message: Message) -> tuple[bytes, ...]:
+        """`send`'s frame as pieces to be written in order (`encode_frame_parts`): a large
+        value (a chunk) is a piece of its own, never copied into the frame."""
         self._check_alive()
         if not isinstance(message, _APPLICATION_TYPES):
             raise LocalProtocolError(

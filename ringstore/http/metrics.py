@@ -80,6 +80,11 @@ STAT_COUNTERS: tuple[tuple[str, str, str], ...] = (
         "Bad or missing chunks replaced on a replica during reads.",
     ),
     (
+        "ringstore_uploads_waited",
+        "ringstore_uploads_waited_total",
+        "Large values that waited for an upload turn (storage.uploads_in_flight).",
+    ),
+    (
         "ringstore_handoff_bytes",
         "ringstore_handoff_bytes_total",
         "Bytes sent by hinted and ownership handoff.",

@@ -50,7 +50,7 @@ COALESCE_BYTES = 256 * 1024
 MAX_ERROR_MESSAGE_CHARS = 1000
 
 Body = dict[str, Any]
-Frame = tuple[bytes, bytes]  # a frame as its length prefix and payload (codec.send_parts)
+Frame = tuple[bytes, ...]  # a frame as pieces to write in order (codec.send_parts)
 
 
 class Inline:
@@ -198,30 +198,31 @@ class PeerConnection:
         try:
             async for frame in self._outbox_receive:
                 frames = [frame]
-                size = len(frame[1])
+                size = sum(map(len, frame))
                 while size < COALESCE_BYTES:
                     try:
                         more = self._outbox_receive.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
                     frames.append(more)
-                    size += len(more[1])
+                    size += sum(map(len, more))
                 await self._write(frames)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self.close(f"send failed: {exc!r}")
 
     async def _write(self, frames: list[Frame]) -> None:
-        """Send `frames` in order: small pieces joined into one write, a large payload on its
-        own after them (joining would copy it for no syscall saved)."""
+        """Send `frames` in order: small pieces joined into one write, a large piece (a
+        chunk) on its own (joining would copy it for no syscall saved)."""
         small: list[bytes] = []
-        for prefix, payload in frames:
-            small.append(prefix)
-            if len(payload) < COALESCE_BYTES:
-                small.append(payload)
-                continue
-            await self.stream.send_all(b"".join(small))
-            small = []
-            await self.stream.send_all(payload)
+        for frame in frames:
+            for piece in frame:
+                if len(piece) < COALESCE_BYTES:
+                    small.append(piece)
+                    continue
+                if small:
+                    await self.stream.send_all(b"".join(small))
+                    small = []
+                await self.stream.send_all(piece)
         if small:
             await self.stream.send_all(b"".join(small))
 

@@ -36,6 +36,7 @@ def test_local_toml_is_the_documented_development_cluster():
     assert dict(spec.storage) == {
         "chunk_size": defaults.chunk_size,
         "inline_max": defaults.inline_max,
+        "uploads_in_flight": defaults.uploads_in_flight,
     }
     text = DEFAULT_SPEC_FILE.read_text()
     for option in ("nodes", "host", "http_port_base", "peer_port_base", "port_step", "run_dir"):

@@ -51,6 +51,8 @@ def test_every_section_is_read_with_paths_relative_to_the_file(tmp_path):
         ('[http]\ntls_cert_file = "c.pem"\n', "go together"),
         ("[http]\nspeed = 3\n", "unknown option"),
         ("[storage]\nchunk_size = 10\n", "chunk_size"),
+        ("[storage]\nuploads_in_flight = 0\n", "storage.uploads_in_flight"),
+        ('[storage]\nuploads_in_flight = "8"\n', "uploads_in_flight"),
         ("[nodes]\n", "unknown section"),
         ("ring_size = 100\n", "ring_size"),
     ],

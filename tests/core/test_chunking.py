@@ -111,3 +111,14 @@ def test_slices_refuse_ranges_outside_the_value(start, end):
 def test_slices_refuse_negative_sizes():
     with pytest.raises(ValueError):
         chunk_slices([10, -1], 0, 5)
+
+
+def test_a_reused_input_buffer_does_not_change_chunks_already_fed() -> None:
+    chunker = Chunker(8)
+    buffer = bytearray(b"abcde")
+    assert chunker.feed(buffer) == []
+    buffer[:] = b"XXXXX"  # the caller reuses its buffer
+    assert chunker.feed(memoryview(buffer)[:3]) == [b"abcdeXXX"]
+    assert chunker.feed(b"tail") == []
+    assert chunker.finish() == b"tail"
+    assert chunker.total_bytes == 12

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import random
 
+import cbor2
 import pytest
 
+from ringstore.core import wire
 from ringstore.core.wire import (
     LENGTH_PREFIX_BYTES,
     NEED_DATA,
@@ -141,13 +143,41 @@ def test_feeding_past_a_whole_frame_without_draining_is_refused() -> None:
     server.receive_data(b"")  # drained, so it may be fed again
 
 
-def test_send_parts_is_the_frame_in_two_pieces() -> None:
-    client, _ = connected_pair()
-    message = Request(9, "replica.read_chunk", {"h": b"h" * 32, "d": b"q" * 100_000})
-    prefix, payload = client.send_parts(message)
-    assert len(prefix) == LENGTH_PREFIX_BYTES
-    assert int.from_bytes(prefix, "big") == len(payload)
-    assert prefix + payload == client.send(message) == encode_frame(message)
-    assert encode_frame_parts(message) == (prefix, payload)
+def test_send_parts_is_the_frame_in_pieces_a_large_value_uncopied() -> None:
+    client, server = connected_pair()
+    chunk = b"q" * 100_000
+    message = Request(9, "replica.write_chunk", {"d": chunk, "h": b"h" * 32})
+    parts = client.send_parts(message)
+    assert parts[0][:LENGTH_PREFIX_BYTES] == len(b"".join(parts)[LENGTH_PREFIX_BYTES:]).to_bytes(
+        LENGTH_PREFIX_BYTES, "big"
+    )
+    assert any(part is chunk for part in parts)  # sent as it is, not copied into the frame
+    assert b"".join(parts) == client.send(message) == encode_frame(message)
+    assert encode_frame_parts(message) == parts
+    server.receive_data(b"".join(parts))
+    assert server.next_event() == message
+    small = Request(10, "replica.get", {"b": b"b", "k": b"k"})
+    prefix, payload = client.send_parts(small)
+    assert prefix == len(payload).to_bytes(LENGTH_PREFIX_BYTES, "big")
+    # The stand-in for the large value appearing elsewhere in the message: encoded whole.
+    tricky = Request(11, "m", {"d": chunk, "e": wire._SPLICE_MARK})
+    assert not any(part is chunk for part in client.send_parts(tricky))
+    server.receive_data(client.send(tricky))
+    assert server.next_event() == tricky
     with pytest.raises(LocalProtocolError):
         client.send_parts(Request(10, "m", {"d": b"q" * (client.max_frame_bytes + 1)}))
+
+
+@pytest.mark.parametrize(
+    "size", [wire.SPLICE_MIN_BYTES - 1, wire.SPLICE_MIN_BYTES, 1 << 20, (1 << 20) + 7]
+)
+def test_frames_in_pieces_are_byte_for_byte_the_whole_encoding(size: int) -> None:
+    """Splicing a large value in is invisible on the wire: same bytes as cbor2 encoding the
+    whole message, whatever comes before and after the value in the body."""
+    value = random.Random(size).randbytes(size)
+    body = {"a": 1, "d": value, "h": b"h" * 32, "z": ["tail", None]}
+    message = Request(12, "replica.write_chunk", body)
+    whole = cbor2.dumps({"type": "request", "id": 12, "method": message.method, "body": body})
+    assert b"".join(encode_frame_parts(message)) == (
+        len(whole).to_bytes(LENGTH_PREFIX_BYTES, "big") + whole
+    )

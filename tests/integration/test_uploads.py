@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import blake3
 import pytest
+import trio
+import trio.testing
 
 from ringstore.config import StorageConfig
 from ringstore.coord.kv import UPLOAD_PIPELINE_CHUNKS
@@ -229,3 +231,49 @@ async def test_put_and_read_memory_is_bounded_by_chunks_in_flight_not_object_siz
     peak = await peak_memory_during(download)
     assert peak < READ_BOUND_CHUNKS * BIG_CHUNK < BIG_OBJECT / 2, f"read peak {peak / MIB:.1f} MiB"
     assert digest == content.etag
+
+
+async def test_uploads_beyond_the_limit_wait_for_a_turn_before_reading_their_body(
+    nursery, tmp_path
+):
+    """storage.uploads_in_flight bounds a node's upload memory: a large value beyond the
+    limit has its head read (to know it is large) and waits there until a turn frees up."""
+    storage = StorageConfig(inline_max=1024, chunk_size=CHUNK, uploads_in_flight=1)
+    cluster = Cluster(nursery, tmp_path, 3, storage=storage)
+    await cluster.start()
+    node = cluster.nodes["n1"]
+    first_value = random.Random(1).randbytes(10 * CHUNK)
+    second_value = random.Random(2).randbytes(10 * CHUNK)
+    first_started = trio.Event()
+    release_first = trio.Event()
+    second_pieces = 0
+
+    async def first_body() -> AsyncIterator[bytes]:
+        yield first_value[: 4 * CHUNK]
+        first_started.set()
+        await release_first.wait()
+        yield first_value[4 * CHUNK :]
+
+    async def second_body() -> AsyncIterator[bytes]:
+        nonlocal second_pieces
+        for start in range(0, len(second_value), 2 * CHUNK):
+            second_pieces += 1
+            yield second_value[start : start + 2 * CHUNK]
+
+    async def put(key: bytes, body: AsyncIterator[bytes]) -> None:
+        await node.coordinator.put(b"b", key, TEXT, body, None, {"w": "3"})
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as uploads:
+            uploads.start_soon(put, b"first", first_body())
+            await first_started.wait()
+            uploads.start_soon(put, b"second", second_body())
+            await cluster.wait_until(lambda: node.coordinator.stats.uploads_waited == 1)
+            await trio.testing.wait_all_tasks_blocked()
+            assert second_pieces == 1  # the head only: the body waits in the socket
+            release_first.set()
+    for key, value in ((b"first", first_value), (b"second", second_value)):
+        content = (await node.coordinator.get(b"b", key, {"r": "3"})).object.siblings()[0]
+        assert content.etag == blake3.blake3(value).hexdigest()
+    assert node.coordinator.info().stats["ringstore_uploads_waited_total"] == 1
+    cluster.stop_all()
