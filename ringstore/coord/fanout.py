@@ -31,15 +31,21 @@ async def fan_out(
     *,
     timeout_s: float,
     on_all_done: Callable[[], Awaitable[None]] | None = None,
+    known: Sequence[Outcome[T]] = (),
 ) -> bool:
     """Run `call` for every target in `background`; wait until `on_outcome` says enough.
 
     `on_outcome` sees every outcome, early or late (the pure core decides); it returns True
     once the request can be answered. Returns False if neither that nor the last answer
     came within `timeout_s`. The calls go on after the return, each bounded by `timeout_s`, and
-    `on_all_done` runs after the last of them (read repair lives there).
+    `on_all_done` runs after the last of them (read repair lives there). `known` are
+    outcomes the caller already has (this node's own replica, read without waiting): they
+    count first, and cost no task.
     """
     enough = trio.Event()
+    for outcome in known:
+        if on_outcome(outcome):
+            enough.set()
     pending = len(targets)
     deadline = trio.current_time() + timeout_s
 
@@ -66,8 +72,8 @@ async def fan_out(
 
     for target in targets:
         background.start_soon(one, target)
-    if not targets:
-        return False
+    if not targets or enough.is_set():
+        return enough.is_set()
     with trio.CancelScope(deadline=deadline):
         await enough.wait()
     return enough.is_set()

@@ -21,7 +21,7 @@ import trio
 
 from ringstore.coord.api import BodyCheck, GetResult, NodeInfo, PutResult, WriteMeta
 from ringstore.coord.fanout import Outcome, fan_out
-from ringstore.coord.replica import ReplicaClient
+from ringstore.coord.replica import LocalReplica, ReplicaClient
 from ringstore.core import versions
 from ringstore.core.chunking import Chunker
 from ringstore.core.hashing import chunk_hash
@@ -300,14 +300,29 @@ class Coordinator:
         # answers are then one object, which the core compares and merges at no cost.
         decoded: dict[bytes, Object] = {}
 
-        async def call(target: Target) -> Object | None:
-            record = await self._clients(target.node).get_record(bucket, key)
+        def object_of(record: bytes | None) -> Object | None:
             if record is None:
                 return None
             obj = decoded.get(record)
             if obj is None:
                 obj = decoded[record] = Object.decode(record)
             return obj
+
+        async def call(target: Target) -> Object | None:
+            return object_of(await self._clients(target.node).get_record(bucket, key))
+
+        # This node's own replica is read at once, without a task (a point read).
+        known: list[Outcome[Object | None]] = []
+        remote: list[Target] = []
+        for target in targets:
+            client = self._clients(target.node) if target.node == self.node else None
+            if not isinstance(client, LocalReplica):
+                remote.append(target)
+                continue
+            try:
+                known.append(Outcome(target, object_of(client.lookup_record(bucket, key)), None))
+            except Exception as exc:  # a replica's failure is a vote, not a crash
+                known.append(Outcome(target, None, exc))
 
         def on_outcome(outcome: Outcome[Object | None]) -> bool:
             t = outcome.target
@@ -338,11 +353,12 @@ class Coordinator:
 
         await fan_out(
             self.background,
-            targets,
+            remote,
             call,
             on_outcome,
             timeout_s=options.timeout_ms / 1000,
             on_all_done=read_repair,
+            known=known,
         )
         answer = core.response() if core.enough() else core.timeout_response()
         return self._get_answer(answer)

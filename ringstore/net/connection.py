@@ -170,7 +170,14 @@ class PeerConnection:
     # -- calls ---------------------------------------------------------------------------
 
     async def exchange(self, message_for: Callable[[int], wire.Message], expects: type) -> Any:
-        async with self._call_slots:
+        # A free slot and room in the outbox are taken without a checkpoint: a call already
+        # waits for its answer, and each needless trip through the scheduler is a visible
+        # share of a small request's time.
+        try:
+            self._call_slots.acquire_nowait()
+        except trio.WouldBlock:
+            await self._call_slots.acquire()
+        try:
             if self.closed:
                 raise PeerUnavailable(self.peer, f"connection lost: {self.close_reason}")
             message_id = self._next_id
@@ -180,7 +187,7 @@ class PeerConnection:
             self._pending[message_id] = pending
             try:
                 try:
-                    await self._outbox_send.send(frame)
+                    await self._queue(frame)
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
                     raise PeerUnavailable(
                         self.peer, f"connection lost: {self.close_reason}"
@@ -188,9 +195,18 @@ class PeerConnection:
                 await pending.done.wait()
             finally:
                 del self._pending[message_id]
-            if pending.error is not None:
-                raise pending.error
-            return pending.answer
+        finally:
+            self._call_slots.release()
+        if pending.error is not None:
+            raise pending.error
+        return pending.answer
+
+    async def _queue(self, frame: Frame) -> None:
+        """Hand `frame` to the sender, waiting only if the outbox is full."""
+        try:
+            self._outbox_send.send_nowait(frame)
+        except trio.WouldBlock:
+            await self._outbox_send.send(frame)
 
     # -- tasks ---------------------------------------------------------------------------
 
@@ -342,7 +358,7 @@ class PeerConnection:
                 frame = self._error_frame(request, exc)
             self.service._requests_handled += 1
             try:
-                await self._outbox_send.send(frame)
+                await self._queue(frame)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 pass  # the connection ended; the caller has already been told
         finally:

@@ -156,7 +156,15 @@ async def test_a_coordinated_get_decodes_equal_replies_once(
         return wrapper
 
     monkeypatch.setattr(Object, "decode", staticmethod(counted_decode))
-    monkeypatch.setattr(LocalReplica, "get_record", counted(LocalReplica.get_record))
+    real_lookup = LocalReplica.lookup_record
+
+    def counted_lookup(self, bucket: bytes, key: bytes) -> bytes | None:
+        nonlocal answered
+        if self is n1.replica:  # the coordinator's own replica: read at once, no task
+            answered += 1
+        return real_lookup(self, bucket, key)
+
+    monkeypatch.setattr(LocalReplica, "lookup_record", counted_lookup)
     monkeypatch.setattr(RemoteReplica, "get_record", counted(RemoteReplica.get_record))
     result = await n1.coordinator.get(b"b", b"k", {"r": "2"})
     with trio.fail_after(5):
