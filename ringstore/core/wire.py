@@ -797,6 +797,16 @@ class Connection:
         self._pieces.append(piece)
         self._pieces_bytes += len(piece)
 
+    @property
+    def bytes_missing(self) -> int:
+        """How many more bytes complete the frame being received (0 while its length is not
+        known): a driver may read that much at once rather than in small pieces."""
+        buffer = self._buffer
+        if len(buffer) < LENGTH_PREFIX_BYTES:
+            return 0
+        end = LENGTH_PREFIX_BYTES + int.from_bytes(buffer[:LENGTH_PREFIX_BYTES], "big")
+        return max(0, end - len(buffer) - self._pieces_bytes)
+
     def next_event(self) -> Message | Established | Literal[Signal.NEED_DATA, Signal.CLOSED]:
         self._check_alive()
         try:

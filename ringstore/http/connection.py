@@ -48,7 +48,10 @@ from ringstore.http.messages import (
 
 log = logging.getLogger(__name__)
 
-RECEIVE_BYTES = 64 * 1024  # one socket read, and so the largest body piece handed to KV.put
+RECEIVE_BYTES = 64 * 1024  # one socket read of a request head
+# One socket read of a request body with at least this much still to come (or chunked), and
+# so the largest body piece handed to KV.put: fewer trips through h11 per MiB of upload.
+BODY_RECEIVE_BYTES = 256 * 1024
 DRAIN_MAX_BYTES = 64 * 1024  # an unread body this small is read and dropped to keep alive
 LINGER_TIMEOUT_S = 2.0  # after a close with input pending, how long we read and drop it
 LINGER_MAX_BYTES = 1024 * 1024  # ... and how much: enough for the client to see our answer
@@ -217,6 +220,7 @@ class Connection:
         # Close with a lingering read: the client may still be sending.
         self.close_lingering = False
         self.body_bytes = 0
+        self.body_declared: int | None = 0  # the request's Content-Length (None: chunked)
 
     async def run(self) -> None:
         while True:
@@ -238,9 +242,9 @@ class Connection:
 
     # -- receiving ---------------------------------------------------------------------------
 
-    async def _receive(self) -> int:
+    async def _receive(self, max_bytes: int = RECEIVE_BYTES) -> int:
         try:
-            data = await self.stream.receive_some(RECEIVE_BYTES)
+            data = await self.stream.receive_some(max_bytes)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             data = b""
         if not data:
@@ -306,7 +310,9 @@ class Connection:
                         ) from None
                     raise HttpError(400, f"malformed request body: {exc}", close=True) from None
                 if event is h11.NEED_DATA:
-                    await self._receive()
+                    declared = self.body_declared
+                    large = declared is None or declared - self.body_bytes >= BODY_RECEIVE_BYTES
+                    await self._receive(BODY_RECEIVE_BYTES if large else RECEIVE_BYTES)
                     continue
                 if isinstance(event, h11.Data):
                     self.body_bytes += len(event.data)
@@ -344,6 +350,7 @@ class Connection:
             declared: int | None = int(length_header)
         else:  # chunked, or no body at all (a request without framing headers has none)
             declared = None if "transfer-encoding" in headers else 0
+        self.body_declared = declared
         request = Request(
             method=event.method.decode("ascii", "replace"),
             target=target,

@@ -44,6 +44,9 @@ MAX_HANDLERS_PER_CONNECTION = 2 * MAX_CALLS_IN_FLIGHT
 OUTBOX_SLACK_FRAMES = 64
 # One read; the codec keeps at most one incomplete frame plus this much.
 RECEIVE_BYTES = 64 * 1024
+# The largest read, when the rest of a frame being received (a chunk) is known to be at
+# least this big: fewer trips through the reader for the same bytes.
+LARGE_RECEIVE_BYTES = 1024 * 1024
 # The sender joins queued frames into one write up to this size: fewer syscalls under load.
 COALESCE_BYTES = 256 * 1024
 # Error messages from peers are cut to this many characters (they end up in logs/replies).
@@ -247,7 +250,8 @@ class PeerConnection:
             while True:
                 event = self.codec.next_event()
                 if event is wire.NEED_DATA:
-                    self.codec.receive_data(await self.stream.receive_some(RECEIVE_BYTES))
+                    size = max(RECEIVE_BYTES, min(self.codec.bytes_missing, LARGE_RECEIVE_BYTES))
+                    self.codec.receive_data(await self.stream.receive_some(size))
                 elif event is wire.CLOSED:
                     self.close("closed by peer")
                     return

@@ -181,3 +181,21 @@ def test_frames_in_pieces_are_byte_for_byte_the_whole_encoding(size: int) -> Non
     assert b"".join(encode_frame_parts(message)) == (
         len(whole).to_bytes(LENGTH_PREFIX_BYTES, "big") + whole
     )
+
+
+def test_bytes_missing_tells_a_driver_how_much_of_a_frame_is_still_to_come() -> None:
+    client, server = connected_pair()
+    frame = client.send(Request(13, "replica.write_chunk", {"d": b"c" * 300_000}))
+    assert server.bytes_missing == 0  # nothing yet: the length is not known
+    server.receive_data(frame[:2])
+    assert server.next_event() is NEED_DATA
+    assert server.bytes_missing == 0  # half a length prefix
+    server.receive_data(frame[2:1000])
+    assert server.next_event() is NEED_DATA
+    assert server.bytes_missing == len(frame) - 1000
+    server.receive_data(frame[1000:5000])  # fed but not yet looked at: still counted
+    assert server.bytes_missing == len(frame) - 5000
+    server.receive_data(frame[5000:])
+    assert server.bytes_missing == 0
+    assert server.next_event().id == 13
+    assert server.bytes_missing == 0

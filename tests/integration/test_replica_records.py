@@ -87,6 +87,8 @@ async def test_handlers_send_the_stored_record_as_it_is(replica):
     reply = await handlers["replica.merge_put"]("n2", body)
     assert reply == {"o": await stored_record(replica, b"k")}
     assert Object.decode(reply["o"]) == theirs
+    # A quiet merge (replication: the coordinator does not read the record) answers empty.
+    assert await handlers["replica.merge_put"]("n2", {**body, "quiet": True}) == {}
 
 
 async def test_remote_merge_does_not_need_the_object_back(replica):
