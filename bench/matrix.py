@@ -95,6 +95,26 @@ def peak_rss_mib(cluster_json: Path) -> dict[str, float | None]:
     return peaks
 
 
+def memory_split_note(cluster_json: Path) -> str | None:
+    """Each node's resident memory now, anonymous + file-backed: the file pages are the
+    LMDB map's pages the node has read (page cache the kernel can drop), which RSS counts."""
+    manifest = json.loads(cluster_json.read_text())
+    parts = []
+    for node in manifest["nodes"]:
+        status = f"/proc/{node['pid']}/status" if node.get("pid") else None
+        anon = _first_line(status, "RssAnon") if status else None
+        mapped = _first_line(status, "RssFile") if status else None
+        if anon and mapped:
+            mib = [int(value.split()[0]) / 1024 for value in (anon, mapped)]
+            parts.append(f"{node['name']} {mib[0]:.0f} + {mib[1]:.0f}")
+    if not parts:
+        return None
+    return (
+        "Resident memory at the end, anonymous + file-backed MiB (the file pages are the LMDB"
+        f" map's pages read, which RSS counts): {', '.join(parts)}"
+    )
+
+
 def _number(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
@@ -237,6 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not reports:
         parser.error(f"no load reports in {args.reports}")
     rss = peak_rss_mib(args.cluster_json) if args.cluster_json else None
+    split = memory_split_note(args.cluster_json) if args.cluster_json else None
     section = format_section(
         reports,
         now=datetime.now(UTC),
@@ -245,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         duration_s=args.duration,
         quick=args.quick,
         rss=rss,
-        notes=args.note,
+        notes=[*args.note, *([split] if split else [])],
     )
     with open(args.append, "a") as results:  # append only: others add their sections too
         results.write("\n" + section)

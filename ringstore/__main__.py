@@ -124,6 +124,7 @@ def serve(config_path: str) -> int:
     import trio  # here, not at the top: `attach` starts faster without it
 
     _tune_gc()
+    _limit_malloc_arenas()
     try:
         trio.run(_serve, config)
     except Exception as exc:
@@ -150,6 +151,24 @@ def _tune_gc() -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
+# glibc gives threads that allocate arenas of their own (up to 8 per CPU); chunks read in
+# worker threads and freed on the event loop then leave free memory stranded in several
+# arenas. Two arenas cut a node's peak anonymous memory in the 1 MiB benchmark by about a
+# fifth (95 -> 71 MiB) at no measurable cost in throughput.
+MALLOC_ARENAS = 2
+M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
+
+
+def _limit_malloc_arenas() -> None:
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # glibc; other C libraries go without
+    except (OSError, AttributeError):
+        return
+    mallopt(M_ARENA_MAX, MALLOC_ARENAS)
 
 
 def _expected_failures(exc: BaseException) -> list[str] | None:

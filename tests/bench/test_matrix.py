@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,18 @@ def test_an_empty_report_directory_is_refused(tmp_path: Path, capsys) -> None:
         run_matrix(tmp_path, tmp_path / "RESULTS.md")
     assert "no load reports" in capsys.readouterr().err
     assert not (tmp_path / "RESULTS.md").exists()
+
+
+def test_memory_is_reported_per_node_peak_and_split(tmp_path: Path) -> None:
+    """The nodes' memory comes from /proc: here the test process plays the one node."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    write_matrix(reports, cluster_ops=40.0, ceiling_ops=100.0)
+    cluster_json = tmp_path / "cluster.json"
+    cluster_json.write_text(json.dumps({"nodes": [{"name": "node1", "pid": os.getpid()}]}))
+    results = tmp_path / "RESULTS.md"
+    run_matrix(reports, results, "--cluster-json", str(cluster_json))
+    text = results.read_text()
+    assert "| node1 peak RSS over the whole run (VmHWM) |" in text
+    split = re.search(r"anonymous \+ file-backed MiB .*: node1 (\d+) \+ (\d+)", text)
+    assert split is not None and int(split[1]) > 0
