@@ -29,8 +29,8 @@ import trio
 
 from bench.workload import MAX_VALUE_BYTES, format_size, parse_size
 from ringstore.errors import BadRequest
+from ringstore.http.connection import BODY_RECEIVE_BYTES, RECEIVE_BYTES
 
-RECEIVE_BYTES = 64 * 1024  # the node's HTTP server reads this much at a time, so we do too
 COALESCE_BODY_BYTES = 64 * 1024  # a body this small goes out in one write with its head
 FILE_PIECE_BYTES = 1024 * 1024  # the node's chunk size: one thread call per chunk read
 MAX_HEADER_BYTES = 64 * 1024  # the node's bound on a request head
@@ -81,22 +81,24 @@ class _Connection:
             event = self.conn.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            self.conn.receive_data(await self.stream.receive_some(RECEIVE_BYTES))
+            # Read as the node's HTTP server does: heads in small reads, bodies in large ones.
+            size = BODY_RECEIVE_BYTES if self.conn.their_state is h11.SEND_BODY else RECEIVE_BYTES
+            self.conn.receive_data(await self.stream.receive_some(size))
 
     async def respond(self, status: int, body: bytes = b"", length: int | None = None) -> None:
-        """Send the head and `body` (the whole body, or its start if `length` says more)."""
+        """Send the head and `body` (the whole body, or its start if `length` says more); a
+        whole small response goes out in one write, as the node's server sends it."""
         headers = [("Content-Type", "application/octet-stream")] if status == 200 else []
         if status != 204:
             headers.append(("Content-Length", str(len(body) if length is None else length)))
         head = self.conn.send(h11.Response(status_code=status, headers=headers))
-        if not body:
-            await self.stream.send_all(head)
-        elif len(body) <= COALESCE_BODY_BYTES:
-            await self.stream.send_all(head + self.conn.send(h11.Data(data=body)))
-        else:
-            await self.stream.send_all(head)
-            for piece in self.conn.send_with_data_passthrough(h11.Data(data=body)):
-                await self.stream.send_all(piece)
+        if length is None and len(body) <= COALESCE_BODY_BYTES:
+            data = self.conn.send(h11.Data(data=body)) if body else b""
+            await self.stream.send_all(head + data + self.conn.send(h11.EndOfMessage()))
+            return
+        await self.stream.send_all(head)
+        for piece in self.conn.send_with_data_passthrough(h11.Data(data=body)) or ():
+            await self.stream.send_all(piece)
 
     async def serve(self) -> None:
         while True:
@@ -117,7 +119,8 @@ class _Connection:
                 await self.respond(204)
             else:  # HEAD included: the generator never sends it, and its answer has no body
                 await self.respond(404, b"" if event.method == b"HEAD" else b"not found\n")
-            await self.stream.send_all(self.conn.send(h11.EndOfMessage()))
+            if self.conn.our_state is h11.SEND_BODY:
+                await self.stream.send_all(self.conn.send(h11.EndOfMessage()))
             if self.conn.our_state is not h11.DONE or self.conn.their_state is not h11.DONE:
                 return
             self.conn.start_next_cycle()
