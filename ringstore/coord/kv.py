@@ -10,6 +10,7 @@ nearest replica holding a verified copy.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -25,7 +26,7 @@ from ringstore.coord.replica import LocalReplica, ReplicaClient
 from ringstore.core import versions
 from ringstore.core.chunking import Chunker
 from ringstore.core.hashing import chunk_hash
-from ringstore.core.props import BucketProps, RequestOptions, resolve_options
+from ringstore.core.props import BucketProps, Operation, RequestOptions, resolve_options
 from ringstore.core.quorum import Absent, Failed, Found, GetCore, PutCore
 from ringstore.core.ring import Ring, Target
 from ringstore.core.versions import Content, Entry, Object, VersionVector
@@ -215,6 +216,9 @@ class Coordinator:
         self._round_trip_s = round_trip_s
         self.stats = CoordinatorStats()
         self._background: trio.Nursery | None = None
+        self._placements: dict[tuple[int, int], tuple[Target, ...]] = {}
+        self._placement_ring: Ring | None = None
+        self._placement_up: frozenset[str] = frozenset()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the background work of requests (late replies, read repair) until cancelled."""
@@ -232,7 +236,17 @@ class Coordinator:
     # -- placement ---------------------------------------------------------------------------
 
     def targets(self, bucket: bytes, key: bytes, n: int) -> tuple[Target, ...]:
-        return self._ring().key_preflist(bucket, key, n, self._up_nodes()).targets
+        ring, up = self._ring(), self._up_nodes()
+        if ring is not self._placement_ring or up != self._placement_up:
+            # Preflists are a function of ring and up nodes: remembered until either changes
+            # (at most ring size x n values entries).
+            self._placements = {}
+            self._placement_ring, self._placement_up = ring, up
+        partition = ring.partition_of(bucket, key)
+        targets = self._placements.get((partition, n))
+        if targets is None:
+            targets = self._placements[partition, n] = ring.preflist(partition, n, up).targets
+        return targets
 
     def nearest_first(self, nodes: Iterable[str]) -> list[str]:
         """This node, then the others by their last ping's round trip (unknown ones last)."""
@@ -268,7 +282,7 @@ class Coordinator:
         check_name(bucket, key)  # a client's error (400), not N replica failures (503)
         started = trio.current_time()
         props = await self.get_props(bucket)
-        options = resolve_options(props, query, "get")
+        options = _options(props, query, "get")
         obj = await self._coordinated_get(bucket, key, options, props)
         self.stats.gets += 1
         self.stats.record(self.stats.get_times_us, int((trio.current_time() - started) * 1e6))
@@ -386,7 +400,7 @@ class Coordinator:
         check_name(bucket, key)  # before a byte of the body is read or replicated
         started = trio.current_time()
         props = await self.get_props(bucket)
-        options = resolve_options(props, query, "put")
+        options = _options(props, query, "put")
         vv = self._decode_context(bucket, key, context)
         targets = self._writable_targets(bucket, key, options)
         content, holders = await self._receive_value(
@@ -407,7 +421,7 @@ class Coordinator:
     ) -> None:
         check_name(bucket, key)
         props = await self.get_props(bucket)
-        options = resolve_options(props, query, "delete")
+        options = _options(props, query, "delete")
         vv = self._decode_context(bucket, key, context)
         if vv is None:
             # Riak: a delete without a context deletes whatever version is current.
@@ -841,6 +855,18 @@ class _ChunkFanOut:
             queue.close()
         self._closed = True
         self._maybe_done()
+
+
+def _options(props: BucketProps, query: Mapping[str, str], op: Operation) -> RequestOptions:
+    """`resolve_options`, remembered for the few distinct queries clients repeat."""
+    return _remembered_options(props, tuple(query.items()), op)
+
+
+@functools.lru_cache(maxsize=512)
+def _remembered_options(
+    props: BucketProps, query: tuple[tuple[str, str], ...], op: Operation
+) -> RequestOptions:
+    return resolve_options(props, dict(query), op)
 
 
 def _resolved(obj: Object) -> Object:

@@ -13,6 +13,7 @@ import base64
 import binascii
 import email.utils
 import enum
+import functools
 import hashlib
 import random
 import re
@@ -42,7 +43,14 @@ _RANGE_SPEC = re.compile(r"(\d*)-(\d*)")
 
 def format_http_date(seconds: int | float) -> str:
     """IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) of a POSIX time in seconds."""
-    return email.utils.formatdate(float(int(seconds)), usegmt=True)
+    return _format_http_date(int(seconds))
+
+
+@functools.lru_cache(maxsize=1024)
+def _format_http_date(seconds: int) -> str:
+    # Memoised: every response carries a Date and most a Last-Modified, and objects written
+    # in the same second share it; formatting showed in a small GET's profile.
+    return email.utils.formatdate(float(seconds), usegmt=True)
 
 
 def format_http_date_us(microseconds: int) -> str:

@@ -319,12 +319,15 @@ class Request:
     body: Body = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._check_head()
+        _check_body(self.body)
+
+    def _check_head(self) -> None:
         _check_id(self.id)
         if type(self.method) is not str or not METHOD_PATTERN.fullmatch(self.method):
             raise LocalProtocolError(
                 f"method must match {METHOD_PATTERN.pattern}, got {_quote(self.method)}"
             )
-        _check_body(self.body)
 
     def with_id(self, message_id: int) -> Request:
         """This request under another id, without checking the body again (it was checked
@@ -347,10 +350,13 @@ class Reply:
     body: Body = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._check_head()
+        _check_body(self.body)
+
+    def _check_head(self) -> None:
         _check_id(self.id)
         if type(self.ok) is not bool:
             raise LocalProtocolError(f"ok must be a bool, got {_quote(self.ok)}")
-        _check_body(self.body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -534,9 +540,23 @@ def decode_payload(payload: bytes | memoryview) -> Message | HandshakeMessage:
     ):
         raise ProtocolError(f"{kind} message must carry id 0, got {_quote(wire['id'])}")
     try:
+        if cls is Request or cls is Reply:
+            return _decoded_call(cls, wire)
         return cls(**{name: wire[name] for name in cls.FIELDS})
     except LocalProtocolError as exc:
         raise ProtocolError(f"bad {kind} message: {exc}") from None
+
+
+def _decoded_call(cls: type[Request] | type[Reply], wire: dict[str, Any]) -> Request | Reply:
+    """A Request or Reply from a decoded frame. Its body is not walked again: the decoder
+    has enforced the types, depth and item limits a constructed body is checked for."""
+    if type(wire["body"]) is not dict:
+        raise LocalProtocolError(f"body must be a dict, got {type(wire['body']).__name__}")
+    message = object.__new__(cls)
+    for name in cls.FIELDS:
+        object.__setattr__(message, name, wire[name])
+    message._check_head()
+    return message
 
 
 # ---------------------------------------------------------------------------------------------

@@ -119,13 +119,6 @@ def _reason(status: int) -> bytes:
         return b""
 
 
-@functools.lru_cache(maxsize=4)
-def _date_header(second: int) -> str:
-    """The Date header of a second, formatted once rather than per response (formatting is
-    a visible share of a small GET's time)."""
-    return format_http_date(second)
-
-
 def _encode_header(name: str, value: str) -> tuple[bytes, bytes]:
     try:
         encoded = value.encode("latin-1")
@@ -486,7 +479,7 @@ class Connection:
     def _head(self, response: Response, head_only: bool) -> h11.Response:
         headers = [
             ("Server", SERVER_HEADER),
-            ("Date", _date_header(int(self.wall_clock()))),
+            ("Date", format_http_date(self.wall_clock())),
             *response.headers,
         ]
         if response.status not in NO_BODY_STATUSES:
