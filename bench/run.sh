@@ -43,16 +43,12 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 if [ -n "$(git status --porcelain 2>/dev/null)" ]; then commit="$commit plus uncommitted changes"; fi
 
-ceiling_pid=""
-stop_ceiling() {
-    if [ -n "$ceiling_pid" ]; then
-        kill "$ceiling_pid" 2>/dev/null || true
-        wait "$ceiling_pid" 2>/dev/null || true
-        ceiling_pid=""
-    fi
-}
+ceiling_pids=()
 cleanup() {
-    stop_ceiling
+    for pid in "${ceiling_pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
     scripts/stop_cluster.sh >/dev/null 2>&1 || echo "run.sh: stopping the cluster failed" >&2
     if [ -n "$keep" ]; then
         echo "run.sh: kept $work"
@@ -81,34 +77,38 @@ cell() {
         -o "$reports/${kind}_${op}_${size}_c${concurrency}.json" "${options[@]}"
 }
 
+# One ceiling server per size, up for the whole run. Each cluster cell is followed at once by
+# the same cell against the ceiling, so the two figures of a ratio meet the same machine load
+# (other work on a shared machine comes and goes within minutes).
+declare -A ceiling_url
+for size in 4KiB 1MiB; do
+    # The 1 MiB GET target is a ratio to GETs the ceiling reads from a file.
+    from_file=()
+    if [ "$size" = 1MiB ]; then from_file=(--dir "$work/ceiling"); fi
+    exec {ceiling_out}< <(exec "$python" -m bench.ceiling --port 0 --value-size "$size" "${from_file[@]}")
+    ceiling_pids+=($!)
+    if ! read -r -t 30 -u "$ceiling_out" ready || [[ "$ready" != "ceiling listening on "* ]]; then
+        echo "run.sh: the ceiling server did not start" >&2
+        exit 1
+    fi
+    ceiling_url[$size]=${ready##* }
+done
+
 for size in 4KiB 1MiB; do
     if [ "$size" = 4KiB ]; then get_keys=$get_keys_small; else get_keys=$get_keys_large; fi
     for concurrency in 16 64; do
         cell cluster put "$size" "$concurrency" --bucket "put-$size-c$concurrency" \
             --keys "$put_keys" --key-dist sequential -- "${nodes[@]}"
+        cell ceiling put "$size" "$concurrency" --keys 1000 -- "${ceiling_url[$size]}"
     done
     # One prefill per size; both concurrencies then read the same keys.
-    cell cluster get "$size" 16 --bucket "get-$size" --keys "$get_keys" --prefill -- "${nodes[@]}"
-    cell cluster get "$size" 64 --bucket "get-$size" --keys "$get_keys" -- "${nodes[@]}"
-done
-
-for size in 4KiB 1MiB; do
-    # The 1 MiB GET target is a ratio to GETs the ceiling reads from a file.
-    from_file=()
-    if [ "$size" = 1MiB ]; then from_file=(--dir "$work/ceiling"); fi
-    coproc CEILING { exec "$python" -m bench.ceiling --port 0 --value-size "$size" "${from_file[@]}"; }
-    ceiling_pid=$CEILING_PID
-    if ! read -r -t 30 -u "${CEILING[0]}" ready || [[ "$ready" != "ceiling listening on "* ]]; then
-        echo "run.sh: the ceiling server did not start" >&2
-        exit 1
-    fi
-    ceiling_url=${ready##* }
-    for op in put get; do
-        for concurrency in 16 64; do
-            cell ceiling "$op" "$size" "$concurrency" --keys 1000 -- "$ceiling_url"
-        done
+    prefill=(--prefill)
+    for concurrency in 16 64; do
+        cell cluster get "$size" "$concurrency" --bucket "get-$size" --keys "$get_keys" \
+            "${prefill[@]}" -- "${nodes[@]}"
+        prefill=()
+        cell ceiling get "$size" "$concurrency" --keys 1000 -- "${ceiling_url[$size]}"
     done
-    stop_ceiling
 done
 
 echo "== appending to $results" >&2
