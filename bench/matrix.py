@@ -230,7 +230,8 @@ def format_section(
         " worker, workers round-robin over the nodes",
         "- PUTs write fresh keys (sequential); GETs read a prefilled key space (uniform)",
         "- Ceiling: `python -m bench.ceiling`, measured in the same run with the same"
-        " generator; 1 MiB GETs read its value from a file each time",
+        " generator, each cell right after the cluster's same cell; 1 MiB GETs read its value"
+        " from a file each time",
         *(f"- {note}" for note in notes),
         "",
         *_cell_table(reports),
