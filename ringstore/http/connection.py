@@ -60,6 +60,7 @@ LOGGED_TARGET_CHARS = 200  # request-targets are cut to this in log lines
 # From the installed distribution: `ringstore.__version__` is missing when the editable
 # install maps `ringstore` as a namespace package (as the current .venv does).
 SERVER_HEADER = f"ringstore/{importlib.metadata.version('ringstore')}"
+_SERVER_FIELD = (b"Server", SERVER_HEADER.encode("ascii"))  # in every response: encoded once
 BODY_METHODS = frozenset({"PUT", "POST"})
 NO_BODY_STATUSES = frozenset({204, 304})
 # A response body up to this size goes out in one write with the head (one syscall, one
@@ -290,36 +291,42 @@ class Connection:
                 await self._send(h11.InformationalResponse(status_code=100, headers=[]))
             except ConnectionLost:
                 raise HttpError(400, "client went away", close=True) from None
-        with trio.move_on_after(self.limits.body_idle_timeout_s):
-            while True:
-                try:
-                    event = self.conn.next_event()
-                except h11.RemoteProtocolError as exc:
-                    if self.peer_closed:
-                        raise HttpError(
-                            400,
-                            "client closed the connection before the body was complete",
-                            close=True,
-                        ) from None
-                    raise HttpError(400, f"malformed request body: {exc}", close=True) from None
-                if event is h11.NEED_DATA:
+        event = self._next_body_event()
+        if event is h11.NEED_DATA:
+            # The timer only where a read is needed: a small body (and the end of every
+            # body-less request) is usually buffered already, with the head.
+            with trio.move_on_after(self.limits.body_idle_timeout_s):
+                while event is h11.NEED_DATA:
                     declared = self.body_declared
                     large = declared is None or declared - self.body_bytes >= BODY_RECEIVE_BYTES
                     await self._receive(BODY_RECEIVE_BYTES if large else RECEIVE_BYTES)
-                    continue
-                if isinstance(event, h11.Data):
-                    self.body_bytes += len(event.data)
-                    if self.body_bytes > self.limits.max_object_bytes:
-                        raise HttpError(
-                            413,
-                            f"request body over {self.limits.max_object_bytes} bytes",
-                            close=True,
-                        )
-                    return bytes(event.data)
-                if isinstance(event, h11.EndOfMessage):
-                    return None
-                raise HttpError(400, "unexpected data in request body", close=True)
-        raise HttpError(408, "timed out waiting for the request body", close=True)
+                    event = self._next_body_event()
+            if event is h11.NEED_DATA:
+                raise HttpError(408, "timed out waiting for the request body", close=True)
+        if isinstance(event, h11.Data):
+            self.body_bytes += len(event.data)
+            if self.body_bytes > self.limits.max_object_bytes:
+                raise HttpError(
+                    413,
+                    f"request body over {self.limits.max_object_bytes} bytes",
+                    close=True,
+                )
+            return bytes(event.data)
+        if isinstance(event, h11.EndOfMessage):
+            return None
+        raise HttpError(400, "unexpected data in request body", close=True)
+
+    def _next_body_event(self) -> h11.Event | type[h11.NEED_DATA]:
+        try:
+            return self.conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            if self.peer_closed:
+                raise HttpError(
+                    400,
+                    "client closed the connection before the body was complete",
+                    close=True,
+                ) from None
+            raise HttpError(400, f"malformed request body: {exc}", close=True) from None
 
     async def _drain_body(self) -> bool:
         """Read and drop the rest of a small unread body; False if that failed."""
@@ -478,20 +485,18 @@ class Connection:
 
     def _head(self, response: Response, head_only: bool) -> h11.Response:
         headers = [
-            ("Server", SERVER_HEADER),
-            ("Date", format_http_date(self.wall_clock())),
-            *response.headers,
+            _SERVER_FIELD,
+            (b"Date", format_http_date(self.wall_clock()).encode("ascii")),
         ]
+        headers += [_encode_header(name, value) for name, value in response.headers]
         if response.status not in NO_BODY_STATUSES:
             length = response.content_length
             if length is not None:
-                headers.append(("Content-Length", str(length)))
+                headers.append((b"Content-Length", b"%d" % length))
         if response.close:
-            headers.append(("Connection", "close"))
+            headers.append((b"Connection", b"close"))
         return h11.Response(
-            status_code=response.status,
-            headers=[_encode_header(name, value) for name, value in headers],
-            reason=_reason(response.status),
+            status_code=response.status, headers=headers, reason=_reason(response.status)
         )
 
     async def _send_response(self, response: Response, *, head_only: bool, rid: str) -> int:

@@ -38,10 +38,17 @@ class Headers:
     client sent survives a round trip back into a response header.
     """
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "_joined")
 
     def __init__(self, items: Iterable[tuple[str, str]]) -> None:
         self._items = [(name, name.lower(), value) for name, value in items]
+        # A handler asks for a dozen names per request; one dict built here answers each
+        # in a lookup instead of a scan of every header.
+        joined: dict[str, str] = {}
+        for _, lower, value in self._items:
+            previous = joined.get(lower)
+            joined[lower] = value if previous is None else f"{previous}, {value}"
+        self._joined = joined
 
     @classmethod
     def from_h11(cls, raw_items: Iterable[tuple[bytes, bytes]]) -> Headers:
@@ -49,8 +56,7 @@ class Headers:
 
     def get(self, name: str) -> str | None:
         """All values of `name` joined by ", " (RFC 9110 section 5.3), or None if absent."""
-        values = self.get_all(name)
-        return ", ".join(values) if values else None
+        return self._joined.get(name.lower())
 
     def get_all(self, name: str) -> list[str]:
         wanted = name.lower()
@@ -60,8 +66,13 @@ class Headers:
         """(name as the client spelled it, value) pairs in order."""
         return [(name, value) for name, _, value in self._items]
 
+    def prefixed(self, prefix: str) -> list[tuple[str, str]]:
+        """(name as the client spelled it, value) of each header whose name starts with
+        `prefix` (given in lower case), in order."""
+        return [(name, value) for name, lower, value in self._items if lower.startswith(prefix)]
+
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and any(lower == name.lower() for _, lower, _ in self._items)
+        return isinstance(name, str) and name.lower() in self._joined
 
 
 class RequestBody:
@@ -115,7 +126,7 @@ class RequestBody:
         return b"".join(pieces)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Request:
     method: str
     target: str  # the request-target as sent: percent-encoded path and query
@@ -124,6 +135,9 @@ class Request:
     headers: Headers
     body: RequestBody
     request_id: str
+    # The metrics label, set by the application that routed the request, so metrics need
+    # not route it a second time; None when no application saw it (a framing error).
+    operation: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

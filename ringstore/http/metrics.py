@@ -207,7 +207,8 @@ class NodeCollector:
 class NodeMetrics:
     """One node's registry: records requests (a `RequestObserver`) and serves GET /metrics.
 
-    `classify(method, path)` names a request's operation (the router's `operation`);
+    `classify(method, path)` names the operation of a request the application did not label
+    (`Request.operation`; the router's `operation`);
     `server_stats` is the HTTP server's counters. Both are set by whoever builds the server,
     which exists only after its application does.
     """
@@ -249,7 +250,12 @@ class NodeMetrics:
         self.collector.server_stats = source
 
     def request_done(self, request: Request | None, status: int, duration_s: float) -> None:
-        operation = UNPARSED if request is None else self.classify(request.method, request.path)
+        if request is None:
+            operation = UNPARSED
+        elif request.operation is not None:
+            operation = request.operation
+        else:
+            operation = self.classify(request.method, request.path)
         children = self._children.get((operation, status))
         if children is None:
             labels = (operation, str(status))

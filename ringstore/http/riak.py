@@ -21,7 +21,14 @@ from ringstore.core.props import parse_timeout
 from ringstore.errors import BadRequest, QuorumError
 from ringstore.http.messages import HttpError, Request, Response, StreamBody, aclose_iterator
 from ringstore.http.objects import ObjectResource
-from ringstore.http.router import PathParams, Route, Router, parse_query
+from ringstore.http.router import (
+    UNROUTED,
+    PathParams,
+    Route,
+    Router,
+    handler_operation,
+    parse_query,
+)
 
 if TYPE_CHECKING:
     from ringstore.coord.api import KV
@@ -176,7 +183,12 @@ class RiakApp:
         )
 
     async def handle(self, request: Request) -> Response:
-        handler, params = self.router.resolve(request.method, request.path)
+        try:
+            handler, params = self.router.resolve(request.method, request.path)
+        except HttpError:
+            request.operation = UNROUTED
+            raise
+        request.operation = handler_operation(handler, request.method)
         return await handler(request, params)
 
     # -- service resources -------------------------------------------------------------------

@@ -47,6 +47,8 @@ def riak_unquote(segment: str) -> bytes:
 
 def riak_quote(name: bytes) -> str:
     """Encode a bucket or key for a URL (Location, Link) so `riak_unquote` gives it back."""
+    if _QUOTE_SAFE.issuperset(name):
+        return name.decode("ascii")  # the usual name: no byte-by-byte pass
     return "".join(
         chr(byte) if byte in _QUOTE_SAFE else "+" if byte == 0x20 else f"%{byte:02X}"
         for byte in name
@@ -56,6 +58,8 @@ def riak_quote(name: bytes) -> str:
 def parse_query(raw: str) -> dict[str, str]:
     """Query parameters, the first occurrence of a name winning (as webmachine's
     get_qs_value); values are decoded as UTF-8 with `+` as space."""
+    if not raw:
+        return {}  # most requests: skips the parser's setup
     try:
         pairs = urllib.parse.parse_qsl(
             raw, keep_blank_values=True, errors="replace", max_num_fields=MAX_QUERY_FIELDS
@@ -103,6 +107,12 @@ class Route:
         if "GET" in names:
             names.add("HEAD")
         return sorted(names)
+
+
+def handler_operation(handler: Handler, method: str) -> str:
+    """The metrics label of a request `handler` serves (see `Router.operation`)."""
+    name = getattr(handler, "__name__", "other")
+    return "head" if method == "HEAD" and name == "get" else name
 
 
 def _split_path(target_path: str) -> list[str]:
@@ -154,8 +164,7 @@ class Router:
             handler, _ = self.resolve(method, path)
         except HttpError:
             return UNROUTED
-        name = getattr(handler, "__name__", "other")
-        return "head" if method == "HEAD" and name == "get" else name
+        return handler_operation(handler, method)
 
     @staticmethod
     def _dispatch(

@@ -454,6 +454,35 @@ async def test_invalid_content_type_is_415(client: RawClient, node: OneNode) -> 
 
 
 @pytest.mark.parametrize(
+    ("sent", "shown"),
+    [
+        (
+            "Application/X-Thing; Charset=UTF-8; level=1",
+            "application/x-thing; level=1; charset=UTF-8",
+        ),
+        ('a/b; p="x y"', 'a/b; p="x y"'),
+        # Longer than the Content-Types whose parse is remembered: parsed anew each time.
+        ("a/b; p=" + "v" * 300 + "; charset=utf-8", "a/b; p=" + "v" * 300 + "; charset=utf-8"),
+    ],
+)
+async def test_content_type_is_stored_alike_every_time(
+    client: RawClient, sent: str, shown: str
+) -> None:
+    for key in ("k1", "k2"):
+        reply = await put(client, f"/buckets/b/keys/{key}", SMALL, {"Content-Type": sent})
+        assert reply.status == 204
+        reply = await client.request("GET", f"/buckets/b/keys/{key}")
+        assert reply.header("Content-Type") == shown
+
+
+async def test_invalid_content_type_is_415_every_time(client: RawClient) -> None:
+    for _ in range(2):
+        reply = await put(client, "/buckets/b/keys/k", SMALL, {"Content-Type": "nonsense"})
+        assert reply.status == 415
+    assert (await client.request("GET", "/buckets/b/keys/k")).status == 404
+
+
+@pytest.mark.parametrize(
     "link",
     [
         "garbage",

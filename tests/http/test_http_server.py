@@ -255,6 +255,22 @@ async def test_slow_body_gets_408_and_stores_nothing(
     await assert_nothing_stored(node)
 
 
+@pytest.mark.parametrize("limits", [HttpLimits(body_idle_timeout_s=7)])
+async def test_body_idle_timer_restarts_with_each_piece(
+    client: RawClient, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The timer bounds the silence inside a body, not the whole upload."""
+    start = trio.current_time()
+    await client.send(PUT_HEAD + b"Content-Length: 9\r\n\r\nabc")
+    for piece in (b"def", b"ghi"):
+        await trio.sleep(5)
+        await client.send(piece)
+    assert (await client.read_reply()).status == 204
+    assert trio.current_time() - start >= 10
+    reply = await client.request("GET", "/buckets/b/keys/k")
+    assert (reply.status, reply.body) == (200, b"abcdefghi")
+
+
 @pytest.mark.parametrize("limits", [HttpLimits(send_timeout_s=3)])
 async def test_client_that_stops_reading_is_dropped(
     server: HttpServer, connect: Connect, autojump_clock: trio.testing.MockClock

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rawclient import RawClient
 
 from ringstore.coord.api import ClusterStatus, HandoffStatus, MemberStatus
-from ringstore.http.metrics import NodeCollector
+from ringstore.http.metrics import NodeCollector, NodeMetrics
 from ringstore.http.server import HttpServer, build_server
 
 if TYPE_CHECKING:
@@ -137,6 +137,40 @@ async def test_unparseable_requests_are_counted(connect: Connect) -> None:
     assert (await bad.read_reply()).status == 400
     _, samples = await scrape(await connect())
     assert sample(samples, "ringstore_http_requests_total", operation="unparsed", status="400") == 1
+
+
+async def test_requests_are_labelled_by_their_route_or_as_unrouted(
+    server: HttpServer, connect: Connect
+) -> None:
+    """The application labels what it routed; only a request it never saw (a framing error)
+    is classified by metrics itself, and gets the operation its route would have had."""
+    metrics = server.observer
+    assert isinstance(metrics, NodeMetrics)
+    classify = metrics.classify
+    classified: list[tuple[str, str]] = []
+
+    def recording_classify(method: str, path: str) -> str:
+        classified.append((method, path))
+        return classify(method, path)
+
+    metrics.classify = recording_classify
+    client = await connect()
+    assert (await client.request("DELETE", "/ping")).status == 405
+    assert (await client.request("GET", "/buckets/b/keys/%zz")).status == 400
+    assert (await client.request("HEAD", "/ping")).status == 200
+    unframed = await connect()
+    await unframed.send(b"PUT /buckets/b/keys/k HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert (await unframed.read_reply()).status == 411
+    _, samples = await scrape(client)
+
+    def count(operation: str, status: str) -> float:
+        return sample(samples, "ringstore_http_requests_total", operation=operation, status=status)
+
+    assert count("unrouted", "405") == 1
+    assert count("unrouted", "400") == 1
+    assert count("ping", "200") == 1  # HEAD on a GET handler other than an object's
+    assert count("put", "411") == 1
+    assert classified == [("PUT", "/buckets/b/keys/k")]
 
 
 async def test_each_node_has_its_own_registry(kv: Coordinator, connect: Connect) -> None:
