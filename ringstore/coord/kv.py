@@ -64,6 +64,8 @@ class ObjectReconciler:
         self.lww = lww
 
     def merge(self, a: Object, b: Object) -> Object:
+        if a is b and not self.lww:
+            return a  # replicas in sync: one decoded object, and merge(a, a) == a
         merged = versions.merge(a, b, lww=self.lww)
         assert merged is not None
         return merged

@@ -481,20 +481,15 @@ def encode_frame_parts(
     # Bodies are plain dicts and may have changed since the message was built: check again.
     tally = _Tally()
     _check_value(wire, 0, tally)
-    too_big = f"message exceeds the {max_frame_bytes}-byte frame limit"
     if tally.min_bytes > max_frame_bytes:
-        raise LocalProtocolError(too_big)
+        raise _too_big(max_frame_bytes)
     body = wire.get("body")
     large = None
-    if type(body) is dict:
-        large = next(
-            (
-                name
-                for name, value in body.items()
-                if type(value) is bytes and len(value) >= SPLICE_MIN_BYTES
-            ),
-            None,
-        )
+    if type(body) is dict and tally.min_bytes >= SPLICE_MIN_BYTES:
+        for name, value in body.items():
+            if type(value) is bytes and len(value) >= SPLICE_MIN_BYTES:
+                large = name
+                break
     if large is not None:
         assert isinstance(body, dict)
         value = body[large]
@@ -506,13 +501,17 @@ def encode_frame_parts(
             tail = skeleton[at + len(_SPLICE_MARK_CBOR) :]
             length = len(head) + len(value) + len(tail)
             if length > max_frame_bytes:
-                raise LocalProtocolError(too_big)
+                raise _too_big(max_frame_bytes)
             return length.to_bytes(LENGTH_PREFIX_BYTES, "big") + head, value, tail
         wire["body"] = body
     payload = cbor2.dumps(wire)
     if len(payload) > max_frame_bytes:
-        raise LocalProtocolError(too_big)
+        raise _too_big(max_frame_bytes)
     return len(payload).to_bytes(LENGTH_PREFIX_BYTES, "big"), payload
+
+
+def _too_big(max_frame_bytes: int) -> LocalProtocolError:
+    return LocalProtocolError(f"message exceeds the {max_frame_bytes}-byte frame limit")
 
 
 def decode_payload(payload: bytes | memoryview) -> Message | HandshakeMessage:
