@@ -73,8 +73,9 @@ import enum
 import hashlib
 import hmac
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, TypeAlias
+from typing import Any, ClassVar, Literal, TypeAlias, TypeVar
 
 import cbor2
 
@@ -333,10 +334,7 @@ class Request:
         """This request under another id, without checking the body again (it was checked
         when this one was built; `encode_frame` checks it once more when it is sent)."""
         _check_id(message_id)
-        request = object.__new__(Request)
-        for name, value in (("id", message_id), ("method", self.method), ("body", self.body)):
-            object.__setattr__(request, name, value)
-        return request
+        return _unchecked(Request, (message_id, self.method, self.body))
 
 
 @dataclass(frozen=True, slots=True)
@@ -546,15 +544,25 @@ def decode_payload(payload: bytes | memoryview) -> Message | HandshakeMessage:
         raise ProtocolError(f"bad {kind} message: {exc}") from None
 
 
+_Unchecked = TypeVar("_Unchecked", "Request", "Reply")
+
+
 def _decoded_call(cls: type[Request] | type[Reply], wire: dict[str, Any]) -> Request | Reply:
     """A Request or Reply from a decoded frame. Its body is not walked again: the decoder
     has enforced the types, depth and item limits a constructed body is checked for."""
     if type(wire["body"]) is not dict:
         raise LocalProtocolError(f"body must be a dict, got {type(wire['body']).__name__}")
-    message = object.__new__(cls)
-    for name in cls.FIELDS:
-        object.__setattr__(message, name, wire[name])
+    message = _unchecked(cls, [wire[name] for name in cls.FIELDS])
     message._check_head()
+    return message
+
+
+def _unchecked(cls: type[_Unchecked], values: Sequence[Any]) -> _Unchecked:
+    """A message of `cls` with `values` for its FIELDS, bypassing __post_init__'s checks:
+    only for values already checked (the caller says how)."""
+    message = object.__new__(cls)
+    for name, value in zip(cls.FIELDS, values, strict=True):
+        object.__setattr__(message, name, value)
     return message
 
 

@@ -34,6 +34,7 @@ import h11
 import trio
 
 from ringstore.core.httpsem import format_http_date
+from ringstore.core.writes import coalesced
 from ringstore.errors import RingstoreError
 from ringstore.http.messages import (
     Headers,
@@ -446,21 +447,10 @@ class Connection:
     async def _write_pieces(self, pieces: list[bytes]) -> None:
         """Write what h11 made of some events: small pieces joined into one write, a large
         piece (a chunk of a value) on its own, never copied into a joined buffer."""
-        small: list[bytes] = []
-        for piece in pieces:
-            if len(piece) < COALESCE_BODY_BYTES:
-                small.append(piece)
-                continue
-            if small:
-                await self._write(b"".join(small))
-                small = []
-            await self._write(piece)
-        if small:
-            await self._write(b"".join(small))
+        for data in coalesced(pieces, COALESCE_BODY_BYTES):
+            await self._write(data)
 
     async def _write(self, data: bytes) -> None:
-        if not data:
-            return
         # A CancelScope rather than trio.fail_after: the same deadline without a generator
         # context manager per write.
         with trio.CancelScope(deadline=trio.current_time() + self.limits.send_timeout_s) as scope:

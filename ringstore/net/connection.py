@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ringstore.core import wire
+from ringstore.core.writes import coalesced
 from ringstore.errors import (
     LocalError,
     PeerUnavailable,
@@ -231,19 +232,9 @@ class PeerConnection:
 
     async def _write(self, frames: list[Frame]) -> None:
         """Send `frames` in order: small pieces joined into one write, a large piece (a
-        chunk) on its own (joining would copy it for no syscall saved)."""
-        small: list[bytes] = []
-        for frame in frames:
-            for piece in frame:
-                if len(piece) < COALESCE_BYTES:
-                    small.append(piece)
-                    continue
-                if small:
-                    await self.stream.send_all(b"".join(small))
-                    small = []
-                await self.stream.send_all(piece)
-        if small:
-            await self.stream.send_all(b"".join(small))
+        chunk) on its own."""
+        for data in coalesced((piece for frame in frames for piece in frame), COALESCE_BYTES):
+            await self.stream.send_all(data)
 
     async def _receive_loop(self) -> None:
         try:
@@ -300,8 +291,12 @@ class PeerConnection:
             raise ProtocolError(f"unexpected {type(message).__name__}")
 
     def _send_nowait(self, message: wire.Message) -> None:
+        self._queue_nowait(self.codec.send_parts(message))
+
+    def _queue_nowait(self, frame: Frame) -> None:
+        """Queue a frame the reader made (an answer, a pong or a refusal) without waiting."""
         try:
-            self._outbox_send.send_nowait(self.codec.send_parts(message))
+            self._outbox_send.send_nowait(frame)
         except trio.WouldBlock:
             raise ProtocolError("the peer does not read what we send") from None
         except trio.ClosedResourceError:
@@ -316,13 +311,7 @@ class PeerConnection:
             self._log_bug(request, exc)
             frame = self._error_frame(request, exc)
         self.service._requests_handled += 1
-        try:
-            self._outbox_send.send_nowait(frame)
-        except trio.WouldBlock:
-            # A peer keeps at most its calls in flight waiting: it stopped reading.
-            raise ProtocolError("the peer does not read what we send") from None
-        except trio.ClosedResourceError:
-            pass  # closing: the peer is gone anyway
+        self._queue_nowait(frame)
 
     def _log_bug(self, request: wire.Request, exc: Exception) -> None:
         """Log a handler's failure that is not a RingstoreError: a bug, with its traceback."""
