@@ -194,6 +194,7 @@ class GetCore(Generic[T]):
         threshold = n - strictest + 1  # this many non-ok replies and max(R, PR) is out of reach
         self.fail_threshold = min(n // 2 + 1, threshold) if basic_quorum else threshold
         self._answers: dict[Replica, _GetAnswer[T]] = {}
+        self._stats = GetStatistics(0, 0, 0, 0, 0, 0)
         self._response: Found[T] | Absent[T] | Failed | None = None
 
     def add_result(self, replica: Replica, is_primary: bool, result: tuple[object, ...]) -> None:
@@ -218,21 +219,25 @@ class GetCore(Generic[T]):
         if len(self._answers) >= self.n:
             raise LocalError(f"get core: more than n={self.n} replicas answered ({replica!r})")
         self._answers[replica] = answer
+        self._stats = self._counted(self._stats, answer)
 
-    def statistics(self) -> GetStatistics:
-        ok = primary_ok = notfound = failed = tombstones = 0
-        for answer in self._answers.values():
-            if answer.kind == "error":
-                failed += 1
-                continue
-            if answer.kind == "notfound" and not self.notfound_ok:
-                notfound += 1
-                continue
+    def _counted(self, stats: GetStatistics, answer: _GetAnswer[T]) -> GetStatistics:
+        # Answers are never replaced, so each is counted once, when it arrives.
+        ok, primary_ok, notfound = stats.ok, stats.primary_ok, stats.notfound
+        failed, tombstones = stats.failed, stats.tombstones
+        if answer.kind == "error":
+            failed += 1
+        elif answer.kind == "notfound" and not self.notfound_ok:
+            notfound += 1
+        else:
             ok += 1
             primary_ok += answer.is_primary
             if answer.kind == "ok" and self._reconciler.is_tombstone(answer.value):
                 tombstones += 1
-        return GetStatistics(len(self._answers), ok, primary_ok, notfound, failed, tombstones)
+        return GetStatistics(stats.answered + 1, ok, primary_ok, notfound, failed, tombstones)
+
+    def statistics(self) -> GetStatistics:
+        return self._stats
 
     def errors(self) -> tuple[tuple[Replica, object], ...]:
         """The replicas that failed and why, for logs."""
@@ -394,6 +399,7 @@ class PutCore:
         self._states: dict[Replica, _PutState] = {}
         self._primary: dict[Replica, bool] = {}
         self._reasons: dict[Replica, object] = {}
+        self._stats = PutStatistics(0, 0, 0, 0, 0)
         self._response: Acked | Failed | None = None
 
     def add_result(self, replica: Replica, is_primary: bool, result: object) -> None:
@@ -418,8 +424,12 @@ class PutCore:
         self._primary.setdefault(replica, is_primary)
         if event == "error":
             self._reasons[replica] = reason
+        self._stats = self._counted()
 
     def statistics(self) -> PutStatistics:
+        return self._stats
+
+    def _counted(self) -> PutStatistics:
         states = self._states
         return PutStatistics(
             answered=len(states),
@@ -451,7 +461,7 @@ class PutCore:
         }
 
     def _unmet(self) -> list[str]:
-        stats = self.statistics()
+        stats = self._stats
         got = {"w": stats.w, "dw": stats.dw, "pw": stats.pw}
         return [kind for kind in ("w", "dw", "pw") if got[kind] < self._needed(kind)]
 
@@ -464,7 +474,10 @@ class PutCore:
 
     def enough(self) -> bool:
         """True once the write can be answered; stays true."""
-        return not self._unmet() or bool(self._out_of_reach())
+        stats = self._stats
+        if stats.w >= self.w and stats.dw >= self.dw and stats.pw >= self.pw:
+            return True
+        return bool(self._out_of_reach())
 
     def response(self) -> Acked | Failed:
         """The answer for the client; fixed by the first call. Only once `enough()`."""

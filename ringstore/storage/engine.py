@@ -14,13 +14,14 @@ nursery (or `aclose`) stops them. Every write is acknowledged only once it is du
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import blake3
 
-from ringstore.core.hashing import is_chunk_hash, key_position
+from ringstore.core.hashing import RING_TOP, is_chunk_hash, key_position
 from ringstore.errors import BadRequest, KeyTooLong
 
 # LMDB's default maximum key is 511 bytes; an object key is partition (2) + bucket length (1)
@@ -100,6 +101,26 @@ def object_key(bucket: bytes, key: bytes) -> bytes:
 def segment_of(bucket: bytes, key: bytes) -> int:
     """The anti-entropy segment (within its partition) that a key belongs to."""
     return key_position(bucket, key) % AAE_SEGMENTS
+
+
+_ASYNC_CODE_FLAGS = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+
+def plain_callable(fn: object) -> bool:
+    """Whether `update` can run `fn` inside a commit: callable, and not async (it cannot await).
+
+    A function's code flags answer at once; `inspect` is for anything else (partials, ...).
+    """
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        return not code.co_flags & _ASYNC_CODE_FLAGS
+    return callable(fn) and not inspect.iscoroutinefunction(fn)
+
+
+def placement(bucket: bytes, key: bytes, ring_size: int) -> tuple[int, int]:
+    """(partition_of, segment_of) of a key, from one hash of its name."""
+    position = key_position(bucket, key)
+    return position * ring_size // RING_TOP, position % AAE_SEGMENTS
 
 
 def record_digest(bucket: bytes, key: bytes, record: bytes) -> bytes:

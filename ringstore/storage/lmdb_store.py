@@ -54,7 +54,6 @@ delete) against each other.
 from __future__ import annotations
 
 import fcntl
-import inspect
 import logging
 import os
 import time
@@ -98,8 +97,9 @@ from ringstore.storage.engine import (
     check_record_write,
     check_segment,
     object_key,
+    placement,
+    plain_callable,
     record_digest,
-    segment_of,
     xor_digests,
 )
 
@@ -607,7 +607,7 @@ class LmdbStore:
 
     async def update(self, bucket: bytes, key: bytes, fn: UpdateFn) -> StoredRecord | None:
         check_name(bucket, key)
-        if not callable(fn) or inspect.iscoroutinefunction(fn):
+        if not plain_callable(fn):
             raise TypeError("update needs a plain (not async) function of the current record")
         return await self._submit(partial(self._apply_update, bucket=bucket, key=key, fn=fn))
 
@@ -629,7 +629,7 @@ class LmdbStore:
     def _apply_update(
         self, writer: _Writer, *, bucket: bytes, key: bytes, fn: UpdateFn
     ) -> StoredRecord | None:
-        partition = partition_of(bucket, key, self.ring_size)
+        partition, segment = placement(bucket, key, self.ring_size)
         okey = object_key(bucket, key)
         full_key = _prefix(partition) + okey
         objects_db = writer.dbs.objects
@@ -638,7 +638,6 @@ class LmdbStore:
         wanted = fn(current)
         if wanted is None:
             return current
-        segment = segment_of(bucket, key)
         segment_key = _segment_key(partition, segment)
         if wanted is DELETE:
             if current is not None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import bisect
 import copy
-import inspect
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -45,6 +44,7 @@ from ringstore.storage.engine import (
     check_record_write,
     check_segment,
     object_key,
+    plain_callable,
     record_digest,
     segment_of,
     xor_digests,
@@ -259,7 +259,7 @@ class MemoryStore:
 
     async def update(self, bucket: bytes, key: bytes, fn: UpdateFn) -> StoredRecord | None:
         check_name(bucket, key)
-        if not callable(fn) or inspect.iscoroutinefunction(fn):
+        if not plain_callable(fn):
             raise TypeError("update needs a plain (not async) function of the current record")
         return await self._submit(lambda now: self._apply_update(now, bucket, key, fn))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import AsyncIterator
 
@@ -29,6 +30,7 @@ from ringstore.storage.engine import (
     StorageEngine,
     StoredRecord,
     object_key,
+    placement,
     record_digest,
     segment_of,
 )
@@ -417,6 +419,47 @@ async def test_name_limits(engine):
             await engine.put_record(bucket, key, b"r", [])
     assert engine.statistics().objects == 1
     assert await engine.list_buckets() == [longest[0]]
+
+
+async def test_update_refuses_functions_it_cannot_run_in_a_commit(engine):
+    async def coroutine_function(current):
+        return RecordWrite(b"r", ())
+
+    async def async_generator_function(current):
+        yield RecordWrite(b"r", ())
+
+    for bad in [
+        coroutine_function,
+        async_generator_function,
+        functools.partial(coroutine_function),
+        "not callable",
+        None,
+    ]:
+        with pytest.raises(TypeError, match="plain"):
+            await engine.update(b"b", b"k", bad)
+    assert await engine.get_record(b"b", b"k") is None
+
+    class Writer:
+        def write(self, current):
+            return RecordWrite(b"method", ())
+
+        def __call__(self, current):
+            return RecordWrite(b"instance", ())
+
+    written = functools.partial(lambda record, current: RecordWrite(record, ()), b"partial")
+    for fn, record in [(written, b"partial"), (Writer().write, b"method"), (Writer(), b"instance")]:
+        stored = await engine.update(b"b", b"k", fn)
+        assert stored is not None and stored.record == record
+
+
+def test_placement_is_partition_and_segment_from_one_hash():
+    for i in range(200):
+        bucket, key = f"bucket{i % 7}".encode(), f"key{i}".encode()
+        for ring_size in (8, 64, 1024):
+            assert placement(bucket, key, ring_size) == (
+                partition_of(bucket, key, ring_size),
+                segment_of(bucket, key),
+            )
 
 
 async def test_bad_arguments_are_refused(engine):
