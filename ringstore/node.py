@@ -253,7 +253,7 @@ class Node:
     def _client(self, node: str) -> ReplicaClient:
         if node == self.name:
             return self.replica
-        return RemoteReplica(node, self._call)
+        return RemoteReplica(node, self._call, self.peers.start_call)
 
     async def _call(self, peer: str, method: str, body: dict, timeout_s: float) -> dict:
         return await self.peers.call(peer, method, body, timeout_s=timeout_s)

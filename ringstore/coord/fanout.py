@@ -30,17 +30,23 @@ async def fan_out(
     on_outcome: Callable[[Outcome[T]], bool],
     *,
     timeout_s: float,
-    on_all_done: Callable[[], Awaitable[None]] | None = None,
+    on_all_done: Callable[[], Awaitable[None] | None] | None = None,
     known: Sequence[Outcome[T]] = (),
+    start: Callable[[Target, Callable[[Outcome[T]], None], float], bool] | None = None,
 ) -> bool:
     """Run `call` for every target in `background`; wait until `on_outcome` says enough.
 
     `on_outcome` sees every outcome, early or late (the pure core decides); it returns True
     once the request can be answered. Returns False if neither that nor the last answer
-    came within `timeout_s`. The calls go on after the return, each bounded by `timeout_s`, and
-    `on_all_done` runs after the last of them (read repair lives there). `known` are
-    outcomes the caller already has (this node's own replica, read without waiting): they
-    count first, and cost no task.
+    came within `timeout_s`. The calls go on after the return, each bounded by `timeout_s`,
+    and `on_all_done()` is called after the last of them; the awaitable it may return (read
+    repair) then runs in the background. `known` are outcomes the caller already has (this
+    node's own replica, read without waiting): they count first, and cost no task.
+
+    `start(target, deliver, timeout_s)`, if given, is tried first for each target: True
+    means it started the target's call without a task and will `deliver(outcome)` exactly
+    once, from whichever task gets the answer, within `timeout_s`; False, that the call
+    runs in a task after all. A task per call is a visible share of a small GET.
     """
     enough = trio.Event()
     for outcome in known:
@@ -49,8 +55,34 @@ async def fan_out(
     pending = len(targets)
     deadline = trio.current_time() + timeout_s
 
-    async def one(target: Target) -> None:
+    def count(outcome: Outcome[T]) -> Awaitable[None] | None:
+        """Count one outcome; return the background work to run if it was the last."""
         nonlocal pending
+        if on_outcome(outcome):
+            enough.set()
+        pending -= 1
+        if pending == 0:
+            enough.set()
+            if on_all_done is not None:
+                try:
+                    return on_all_done()
+                except Exception:
+                    log.exception("background work after a request failed")
+        return None
+
+    def deliver(outcome: Outcome[T]) -> None:
+        try:
+            work = count(outcome)
+        except Exception:
+            log.exception("counting a replica's answer failed")
+            return
+        if work is not None:
+            try:
+                background.start_soon(_run_in_background, work)
+            except RuntimeError:  # the node is stopping: its background nursery is closed
+                getattr(work, "close", lambda: None)()
+
+    async def one(target: Target) -> None:
         outcome: Outcome[T] = Outcome(target, None, trio.TooSlowError())
         # A bare CancelScope, not trio.fail_after: this runs per replica per request, and
         # fail_after's generator context manager was a visible share of a small GET.
@@ -59,21 +91,22 @@ async def fan_out(
                 outcome = Outcome(target, await call(target), None)
             except Exception as exc:  # a replica's failure is a vote, not a crash
                 outcome = Outcome(target, None, exc)
-        if on_outcome(outcome):
-            enough.set()
-        pending -= 1
-        if pending == 0:
-            enough.set()
-            if on_all_done is not None:
-                try:
-                    await on_all_done()
-                except Exception:
-                    log.exception("background work after a request failed")
+        work = count(outcome)
+        if work is not None:
+            await _run_in_background(work)
 
     for target in targets:
-        background.start_soon(one, target)
+        if start is None or not start(target, deliver, timeout_s):
+            background.start_soon(one, target)
     if not targets or enough.is_set():
         return enough.is_set()
     with trio.CancelScope(deadline=deadline):
         await enough.wait()
     return enough.is_set()
+
+
+async def _run_in_background(work: Awaitable[None]) -> None:
+    try:
+        await work
+    except Exception:
+        log.exception("background work after a request failed")

@@ -27,7 +27,7 @@ from ringstore.core import versions
 from ringstore.core.chunking import Chunker
 from ringstore.core.hashing import chunk_hash
 from ringstore.core.props import BucketProps, Operation, RequestOptions, resolve_options
-from ringstore.core.quorum import Absent, Failed, Found, GetCore, PutCore
+from ringstore.core.quorum import Absent, Failed, Found, GetCore, PutCore, RepairPlan
 from ringstore.core.ring import Ring, Target
 from ringstore.core.versions import Content, Entry, Object, VersionVector
 from ringstore.errors import (
@@ -327,6 +327,21 @@ class Coordinator:
         async def call(target: Target) -> Object | None:
             return object_of(await self._clients(target.node).get_record(bucket, key))
 
+        def start(
+            target: Target, deliver: Callable[[Outcome[Object | None]], None], timeout_s: float
+        ) -> bool:
+            def on_record(record: bytes | None, error: Exception | None) -> None:
+                if error is None:
+                    try:
+                        deliver(Outcome(target, object_of(record), None))
+                        return
+                    except Exception as exc:  # an undecodable record: the replica's fault
+                        error = exc
+                deliver(Outcome(target, None, error))
+
+            client = self._clients(target.node)
+            return client.start_get_record(bucket, key, on_record, timeout_s=timeout_s)
+
         # This node's own replica is read at once, without a task (a point read).
         known: list[Outcome[Object | None]] = []
         remote: list[Target] = []
@@ -350,10 +365,11 @@ class Coordinator:
                 core.add_result(t.node, t.primary, ("ok", outcome.value))
             return core.enough()
 
-        async def read_repair() -> None:
+        def read_repair() -> Awaitable[None] | None:
             plan = core.repair_plan()
-            if plan is None:
-                return
+            return None if plan is None else repair_all(plan)
+
+        async def repair_all(plan: RepairPlan[Object]) -> None:
             by_node = {t.node: t for t in targets}
             for repair in plan.targets:
                 self.stats.read_repairs += 1
@@ -375,6 +391,7 @@ class Coordinator:
             timeout_s=options.timeout_ms / 1000,
             on_all_done=read_repair,
             known=known,
+            start=start,
         )
         answer = core.response() if core.enough() else core.timeout_response()
         return self._get_answer(answer)

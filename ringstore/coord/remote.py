@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from ringstore.coord.replica import LocalReplica
+from ringstore.coord.replica import LocalReplica, OnRecord
 from ringstore.core.hashing import is_chunk_hash
 from ringstore.core.versions import (
     Content,
@@ -32,6 +32,8 @@ from ringstore.net.connection import Handler, Inline
 
 Body = dict[str, Any]
 Call = Callable[[str, str, Body, float], Awaitable[Body]]
+# PeerService.start_call: (peer, method, body, *, timeout_s, on_reply) -> started?
+StartCall = Callable[..., bool]
 
 # Per-call timeouts: a record is small and quick; a chunk is up to 16 MiB through a disk.
 RECORD_CALL_TIMEOUT_S = 10.0
@@ -44,6 +46,11 @@ def _field(body: Body, name: str, kind: type | tuple[type, ...]) -> Any:
     if not isinstance(value, kind):
         raise ProtocolError(f"field {name!r} is missing or not {kind}")
     return value
+
+
+def _record_of(reply: Body) -> bytes | None:
+    """The record in a replica.get reply (None: the replica has no such key)."""
+    return None if reply.get("o") is None else _field(reply, "o", bytes)
 
 
 def _vv_to_wire(vv: VersionVector | None) -> list[list[Any]] | None:
@@ -68,11 +75,14 @@ def _chunk_error(exc: RemoteCallError, digest: bytes) -> Exception:
 
 
 class RemoteReplica:
-    """A `ReplicaClient` for another node, over `call(peer, method, body, timeout_s)`."""
+    """A `ReplicaClient` for another node, over `call(peer, method, body, timeout_s)` (and
+    `start_call`, PeerService's, for the reads that need no waiting task; without it every
+    read waits in a task)."""
 
-    def __init__(self, node: str, call: Call) -> None:
+    def __init__(self, node: str, call: Call, start_call: StartCall | None = None) -> None:
         self.node = node
         self._call = call
+        self._start_call = start_call
 
     async def _request(self, method: str, body: Body, timeout_s: float) -> Body:
         return await self._call(self.node, "replica." + method, body, timeout_s)
@@ -83,7 +93,32 @@ class RemoteReplica:
 
     async def get_record(self, bucket: bytes, key: bytes) -> bytes | None:
         reply = await self._request("get", {"b": bucket, "k": key}, RECORD_CALL_TIMEOUT_S)
-        return None if reply.get("o") is None else _field(reply, "o", bytes)
+        return _record_of(reply)
+
+    def start_get_record(
+        self, bucket: bytes, key: bytes, on_record: OnRecord, *, timeout_s: float
+    ) -> bool:
+        if self._start_call is None:
+            return False
+
+        def replied(reply: Body | None, error: Exception | None) -> None:
+            if reply is not None:
+                try:
+                    record = _record_of(reply)
+                except ProtocolError as exc:
+                    error = exc
+                else:
+                    on_record(record, None)
+                    return
+            on_record(None, error)
+
+        return self._start_call(
+            self.node,
+            "replica.get",
+            {"b": bucket, "k": key},
+            timeout_s=min(timeout_s, RECORD_CALL_TIMEOUT_S),
+            on_reply=replied,
+        )
 
     async def coordinate_put(
         self,

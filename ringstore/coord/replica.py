@@ -7,7 +7,7 @@ protocol, served on the far side by `replica_handlers`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import trio
@@ -15,6 +15,10 @@ import trio
 from ringstore.core import versions
 from ringstore.core.versions import Actor, Content, Object, VersionVector
 from ringstore.storage.engine import RecordWrite, StorageEngine, StoredRecord
+
+# How a replica's record read started without a task reports back: (record or None for no
+# such key, None) or (None, the error).
+OnRecord = Callable[[bytes | None, Exception | None], None]
 
 
 class ReplicaClient(Protocol):
@@ -24,6 +28,14 @@ class ReplicaClient(Protocol):
 
     async def get_record(self, bucket: bytes, key: bytes) -> bytes | None:
         """The replica's object record as stored (`Object.decode` makes it the object)."""
+
+    def start_get_record(
+        self, bucket: bytes, key: bytes, on_record: OnRecord, *, timeout_s: float
+    ) -> bool:
+        """`get_record` without a task waiting for it, if it can start at once: then, exactly
+        once and possibly before this returns, `on_record(record, None)` or `on_record(None,
+        error)`, from whichever task gets the answer (it must not block). False: nothing was
+        started; use `get_record`."""
 
     async def coordinate_put(
         self,
@@ -110,6 +122,18 @@ class LocalReplica:
         """`get_record` as a plain call that never yields (see `StorageEngine.lookup_record`)."""
         stored = self.storage.lookup_record(bucket, key)
         return None if stored is None else stored.record
+
+    def start_get_record(
+        self, bucket: bytes, key: bytes, on_record: OnRecord, *, timeout_s: float
+    ) -> bool:
+        """A local read needs no task: answered before this returns."""
+        try:
+            record = self.lookup_record(bucket, key)
+        except Exception as exc:  # the replica's failure, told like a remote one's
+            on_record(None, exc)
+        else:
+            on_record(record, None)
+        return True
 
     async def coordinate_put(
         self,

@@ -24,6 +24,7 @@ from ringstore.core import wire
 from ringstore.core.writes import coalesced
 from ringstore.errors import (
     LocalError,
+    PeerTimeout,
     PeerUnavailable,
     ProtocolError,
     RemoteCallError,
@@ -74,7 +75,7 @@ INTERNAL_ERROR = "InternalError"  # the error kind of a handler that raised a no
 
 
 class _Pending:
-    """One call or ping waiting for its answer."""
+    """One call or ping whose task waits for its answer."""
 
     __slots__ = ("expects", "done", "answer", "error")
 
@@ -83,6 +84,24 @@ class _Pending:
         self.done = trio.Event()
         self.answer: wire.Reply | wire.Pong | None = None
         self.error: PeerUnavailable | None = None
+
+
+# What a started call's owner is told, once: (the answer, None) or (None, why there is none).
+OnAnswer = Callable[[Any, "PeerUnavailable | PeerTimeout | None"], None]
+
+
+class _Started:
+    """A call made without a waiting task (`start_exchange`): the reader hands its answer to
+    `on_answer`; `close` or `expire_calls` hand it the error instead. Exactly one of them
+    does, and frees the call's slot."""
+
+    __slots__ = ("expects", "on_answer", "deadline", "timeout_s")
+
+    def __init__(self, expects: type, on_answer: OnAnswer, deadline: float, timeout_s: float):
+        self.expects = expects
+        self.on_answer = on_answer
+        self.deadline = deadline
+        self.timeout_s = timeout_s
 
 
 class PeerConnection:
@@ -99,7 +118,7 @@ class PeerConnection:
         self.dialled = dialled
         self.closed = False
         self.close_reason = ""
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, _Pending | _Started] = {}
         self._next_id = 1
         self._handlers_running = 0
         self._call_slots = trio.Semaphore(service.max_calls_in_flight)
@@ -146,8 +165,10 @@ class PeerConnection:
         self.close_reason = reason
         log.info("%s: connection to %s closed: %s", self.service.node_name, self.peer, reason)
         error = PeerUnavailable(self.peer, f"connection lost: {reason}")
-        for pending in self._pending.values():
-            if not pending.done.is_set():
+        for message_id, pending in list(self._pending.items()):
+            if isinstance(pending, _Started):
+                self._end_started(message_id, pending, None, error)
+            elif not pending.done.is_set():
                 pending.error = error
                 pending.done.set()
         self._outbox_send.close()
@@ -204,6 +225,73 @@ class PeerConnection:
         if pending.error is not None:
             raise pending.error
         return pending.answer
+
+    def start_exchange(
+        self,
+        message_for: Callable[[int], wire.Message],
+        expects: type,
+        on_answer: OnAnswer,
+        timeout_s: float,
+    ) -> bool:
+        """`exchange` without a task waiting for the answer, if it can start at once (a free
+        call slot, room in the outbox): `on_answer(answer, None)` is called from the reader,
+        or `on_answer(None, error)` with PeerUnavailable when the connection ends, or with
+        PeerTimeout from `expire_calls` once `timeout_s` has passed. `on_answer` runs in
+        whichever task that is: it must not block, and what it raises is logged and dropped.
+
+        False (nothing sent, nothing will be called): the caller should `exchange` instead.
+        """
+        if self.closed:
+            return False
+        try:
+            self._call_slots.acquire_nowait()
+        except trio.WouldBlock:
+            return False
+        try:
+            frame = self.codec.send_parts(message_for(self._next_id))
+            self._outbox_send.send_nowait(frame)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            self._call_slots.release()
+            return False
+        except BaseException:
+            self._call_slots.release()
+            raise
+        self._pending[self._next_id] = _Started(
+            expects, on_answer, trio.current_time() + timeout_s, timeout_s
+        )
+        self._next_id += 1
+        return True
+
+    def expire_calls(self, now: float) -> bool:
+        """Fail the started calls whose timeout has passed at `now` (PeerTimeout); return
+        whether any started call is still waiting."""
+        expired: list[tuple[int, _Started]] = []
+        waiting = False
+        for message_id, pending in self._pending.items():
+            if isinstance(pending, _Started):
+                if pending.deadline <= now:
+                    expired.append((message_id, pending))
+                else:
+                    waiting = True
+        for message_id, pending in expired:
+            self._end_started(message_id, pending, None, PeerTimeout(self.peer, pending.timeout_s))
+        return waiting
+
+    def _end_started(
+        self,
+        message_id: int,
+        started: _Started,
+        answer: wire.Reply | wire.Pong | None,
+        error: PeerUnavailable | PeerTimeout | None,
+    ) -> None:
+        del self._pending[message_id]
+        self._call_slots.release()
+        try:
+            started.on_answer(answer, error)
+        except Exception:
+            # Never into the reader (or whoever ended the call): it would take the
+            # connection, and every other call on it, down with it.
+            log.exception("%s: a call's answer function failed", self.service.node_name)
 
     async def _queue(self, frame: Frame) -> None:
         """Hand `frame` to the sender, waiting only if the outbox is full."""
@@ -279,12 +367,15 @@ class PeerConnection:
             self._nursery.start_soon(self._handle, message)
         elif isinstance(message, wire.Reply | wire.Pong):
             pending = self._pending.get(message.id)
-            if pending is None or pending.done.is_set():
+            if pending is None or (isinstance(pending, _Pending) and pending.done.is_set()):
                 return  # the caller gave up (timeout); the answer is no longer wanted
             if not isinstance(message, pending.expects):
                 raise ProtocolError(f"{type(message).__name__} answers message {message.id}")
-            pending.answer = message
-            pending.done.set()
+            if isinstance(pending, _Started):
+                self._end_started(message.id, pending, message, None)
+            else:
+                pending.answer = message
+                pending.done.set()
         elif isinstance(message, wire.Ping):
             self._send_nowait(wire.Pong(message.id))
         else:

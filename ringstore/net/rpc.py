@@ -14,6 +14,13 @@ once with `PeerUnavailable`; the next call re-dials. Failed dials back off expon
 (BACKOFF_*_S, jittered from the service's rng) and calls made during the back-off fail at
 once rather than waiting, so a coordinator moves on to another replica.
 
+`start_call` is a call without a task waiting for it, for the coordinator's reads: it goes
+out at once over an established connection (else it returns False and the caller uses
+`call`), and its reply, or the error `call` would raise, is handed to a function by the
+connection's reader. A task per call was a visible share of a small GET (bench/RESULTS.md).
+Its timeout is kept by one task per service that looks every EXPIRY_TICK_S while any such
+call waits.
+
 Serving (net/connection.py): each request runs its handler in its own task, a bounded
 number per connection. A handler raising `RingstoreError` becomes an error reply
 `{kind, message}` that the caller raises as `RemoteCallError(peer, kind, message)`; any
@@ -45,6 +52,7 @@ from ringstore.errors import (
     PeerTimeout,
     PeerUnavailable,
     ProtocolError,
+    RingstoreError,
 )
 from ringstore.net.connection import (
     MAX_CALLS_IN_FLIGHT,
@@ -68,6 +76,9 @@ BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 2.0
 # How long a superseded duplicate connection lingers, so calls already racing on it finish.
 SUPERSEDED_GRACE_S = 10.0
+# How often calls started without a waiting task (`start_call`) are checked for their
+# timeout: the most a PeerTimeout can be late. Only while some such call waits.
+EXPIRY_TICK_S = 0.1
 
 # What a failing dial, handshake or stream raises; anything else is a bug and propagates.
 _CONNECTION_ERRORS = (
@@ -188,6 +199,7 @@ class PeerService:
         self.superseded_grace_s = superseded_grace_s
         self.bound_address: Any = None
         self._nursery: trio.Nursery | None = None
+        self._expiry_wakeup: trio.Event | None = None  # set to wake the idle expiry task
         self._peers: dict[str, _PeerState] = {}
         self._observers: list[Callable[[str, PeerEvent], None]] = []
         self._accepted = 0
@@ -206,6 +218,7 @@ class PeerService:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                nursery.start_soon(self._expire_started_calls)
                 self.bound_address = await nursery.start(self.transport.serve, self._accept)
                 log.info("%s: peer service listening on %s", self.node_name, self.bound_address)
                 task_status.started(self.bound_address)
@@ -233,6 +246,56 @@ class PeerService:
                 return reply.body
             raise remote_error(peer, reply.body)
         raise PeerTimeout(peer, timeout_s)
+
+    def start_call(
+        self,
+        peer: str,
+        method: str,
+        body: Body,
+        *,
+        timeout_s: float,
+        on_reply: Callable[[Body | None, RingstoreError | None], None],
+    ) -> bool:
+        """`call` without a task waiting for the reply, when it can start at once: over the
+        peer's established connection, with a free call slot. Later, exactly once,
+        `on_reply(reply_body, None)` or `on_reply(None, error)` with the error `call` would
+        raise (PeerTimeout at most EXPIRY_TICK_S late). `on_reply` runs in the connection's
+        reader (or whichever task ends the call): it must not block.
+
+        False, having sent nothing, when the call cannot start at once (no connection yet,
+        all slots taken): then `call`. Refuses a bad call as `call` does, by raising.
+        """
+        self._check_call(peer, timeout_s)
+        request = wire.Request(0, method, body)  # validates before anything is sent
+        connection = self._current_connection(peer)
+        if connection is None or self._nursery is None:
+            return False
+
+        def answered(reply: wire.Reply | None, error: RingstoreError | None) -> None:
+            if reply is not None and not reply.ok:
+                error = remote_error(peer, reply.body)
+            on_reply(None if error is not None or reply is None else reply.body, error)
+
+        if not connection.start_exchange(request.with_id, wire.Reply, answered, timeout_s):
+            return False
+        if self._expiry_wakeup is not None:
+            self._expiry_wakeup.set()
+        return True
+
+    async def _expire_started_calls(self) -> None:
+        """Time out started calls (`start_call`): a look every EXPIRY_TICK_S while any wait."""
+        while True:
+            now = trio.current_time()
+            waiting = False
+            for state in list(self._peers.values()):
+                for connection in list(state.connections):
+                    waiting = connection.expire_calls(now) or waiting
+            if waiting:
+                await trio.sleep(EXPIRY_TICK_S)
+            else:
+                self._expiry_wakeup = trio.Event()
+                await self._expiry_wakeup.wait()
+                self._expiry_wakeup = None
 
     async def ping(self, peer: str, *, timeout_s: float) -> float:
         """Round trip a Ping to `peer` (dialling if needed); return the seconds it took."""

@@ -67,3 +67,78 @@ async def test_known_failures_count_and_the_deadline_still_bounds_the_wait(nurse
     assert trio.current_time() - started == 5
     await trio.testing.wait_all_tasks_blocked()
     assert [type(o.error).__name__ for o in outcomes] == ["OSError", "TooSlowError", "TooSlowError"]
+
+
+async def test_started_calls_count_without_tasks_and_the_rest_run_in_tasks(nursery, autojump_clock):
+    """`start` takes n2's call (answered later, from elsewhere); n3's start declines, so n3
+    runs in a task. The hook's awaitable runs once the last outcome is in, whichever it was."""
+    seen: list[tuple[str, object]] = []
+    delivers: dict[str, object] = {}
+    repaired = trio.Event()
+    called: list[str] = []
+
+    def start(target: Target, deliver, timeout_s: float) -> bool:
+        assert timeout_s == 5
+        if target.node == "n3":
+            return False
+        delivers[target.node] = deliver
+        return True
+
+    async def call(target: Target) -> str:
+        called.append(target.node)
+        return "from a task"
+
+    def on_outcome(outcome: Outcome[str]) -> bool:
+        seen.append((outcome.target.node, outcome.value))
+        return len(seen) >= 2
+
+    async def repair() -> None:
+        repaired.set()
+
+    def after_all():
+        return repair()
+
+    enough = await fan_out(
+        nursery,
+        REMOTES,
+        call,
+        on_outcome,
+        timeout_s=5,
+        on_all_done=after_all,
+        known=[Outcome(LOCAL, "local", None)],
+        start=start,
+    )
+    assert enough
+    assert called == ["n3"] and seen == [("n1", "local"), ("n3", "from a task")]
+    assert not repaired.is_set()
+    delivers["n2"](Outcome(REMOTES[0], "started", None))  # the last outcome, from a callback
+    with trio.fail_after(1):
+        await repaired.wait()  # the hook's work ran in the background nursery
+    assert seen[-1] == ("n2", "started")
+
+
+async def test_a_started_call_can_answer_before_start_returns_and_errors_are_contained(
+    nursery, autojump_clock, caplog
+):
+    seen: list[str] = []
+
+    def start(target: Target, deliver, timeout_s: float) -> bool:
+        deliver(Outcome(target, None, OSError(f"{target.node} down")))
+        return True
+
+    async def call(target: Target) -> str:
+        raise AssertionError("every call was started")
+
+    def on_outcome(outcome: Outcome[str]) -> bool:
+        if outcome.target.node == "n3":
+            raise RuntimeError("a bug in the quorum core")
+        seen.append(str(outcome.error))
+        return False
+
+    started = trio.current_time()
+    enough = await fan_out(nursery, REMOTES, call, on_outcome, timeout_s=5, start=start)
+    # n2 counted before start returned; n3's count raised inside deliver: logged there, not
+    # raised into the task that delivered, and not counted, so fan_out waited out its time.
+    assert seen == ["n2 down"]
+    assert enough is False and trio.current_time() - started == 5
+    assert "counting a replica's answer failed" in caplog.text

@@ -13,10 +13,11 @@ import random
 import pytest
 import trio
 
-from ringstore.coord.remote import RemoteReplica, replica_handlers
+from ringstore.coord.remote import RECORD_CALL_TIMEOUT_S, RemoteReplica, replica_handlers
 from ringstore.coord.replica import LocalReplica
 from ringstore.core import versions
 from ringstore.core.versions import Content, Object
+from ringstore.errors import PeerUnavailable, ProtocolError
 from ringstore.net.connection import Inline
 from ringstore.net.memnet import MemoryNetwork
 from ringstore.storage.memory import MemoryStore
@@ -109,6 +110,43 @@ async def test_remote_merge_does_not_need_the_object_back(replica):
     assert await remote.get_record(b"b", b"absent") is None
 
 
+async def test_a_started_record_read_reports_through_its_function(replica):
+    handlers = replica_handlers(replica)
+    theirs = versions.coordinate(None, content(b"x"), None, OTHER, key_epoch=1)
+    await LocalReplica.merge(replica, b"b", b"k", theirs, False)
+    told: list[tuple[bytes | None, Exception | None]] = []
+    started: list[tuple[str, str, float]] = []
+
+    def start_call(peer, method, body, *, timeout_s, on_reply) -> bool:
+        started.append((peer, method, timeout_s))
+        if body["k"] == b"garbled":
+            on_reply({"o": "not bytes"}, None)
+        elif body["k"] == b"down":
+            on_reply(None, PeerUnavailable(peer, "connection lost"))
+        else:
+            on_reply(handlers[method].fn("n2", body), None)
+        return True
+
+    async def call(peer: str, method: str, body: dict, timeout_s: float) -> dict:
+        raise AssertionError("every read here is started")
+
+    remote = RemoteReplica("n1", call, start_call)
+    for key in (b"k", b"absent", b"garbled", b"down"):
+        assert remote.start_get_record(b"b", key, lambda *answer: told.append(answer), timeout_s=60)
+    assert told[:2] == [(await stored_record(replica, b"k"), None), (None, None)]
+    assert told[2][0] is None and isinstance(told[2][1], ProtocolError)
+    assert told[3][0] is None and isinstance(told[3][1], PeerUnavailable)
+    # The call's timeout is the request's, but never over a record call's own bound.
+    assert {timeout for _, _, timeout in started} == {RECORD_CALL_TIMEOUT_S}
+    assert {(peer, method) for peer, method, _ in started} == {("n1", "replica.get")}
+    # Without a start_call nothing starts: the coordinator reads in a task instead.
+    assert not RemoteReplica("n1", call).start_get_record(b"b", b"k", told.append, timeout_s=1)
+    # The local replica answers before returning.
+    local: list[tuple[bytes | None, Exception | None]] = []
+    assert replica.start_get_record(b"b", b"k", lambda *a: local.append(a), timeout_s=1)
+    assert local == [(await stored_record(replica, b"k"), None)]
+
+
 def test_an_objects_encoding_is_kept_and_changes_nothing_else():
     obj = versions.coordinate(None, content(b"value"), None, ACTOR, key_epoch=3)
     fresh = Object(obj.entries)
@@ -167,7 +205,20 @@ async def test_a_coordinated_get_decodes_equal_replies_once(
         return real_lookup(self, bucket, key)
 
     monkeypatch.setattr(LocalReplica, "lookup_record", counted_lookup)
+    real_start = RemoteReplica.start_get_record
+
+    def counted_start(self, bucket, key, on_record, *, timeout_s):
+        def counted_on_record(record, error):
+            nonlocal answered
+            answered += 1
+            if answered == 3:
+                all_answered.set()
+            on_record(record, error)
+
+        return real_start(self, bucket, key, counted_on_record, timeout_s=timeout_s)
+
     monkeypatch.setattr(RemoteReplica, "get_record", counted(RemoteReplica.get_record))
+    monkeypatch.setattr(RemoteReplica, "start_get_record", counted_start)
     result = await n1.coordinator.get(b"b", b"k", {"r": "2"})
     with trio.fail_after(5):
         await all_answered.wait()
