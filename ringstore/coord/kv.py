@@ -584,6 +584,42 @@ class Coordinator:
         async def call(target: Target) -> None:
             await self._push_object(target.node, bucket, key, new, sources, lww)
 
+        def start(
+            target: Target, deliver: Callable[[Outcome[None]], None], timeout_s: float
+        ) -> bool:
+            # The merge goes out without a task; only a replica that lacks chunks (it fell
+            # behind during the upload) gets a task, to be sent them.
+            deadline = trio.current_time() + timeout_s
+
+            def on_merged(error: Exception | None) -> None:
+                if isinstance(error, MissingChunks):
+                    try:
+                        self.background.start_soon(catch_up, target, error, deliver, deadline)
+                        return
+                    except RuntimeError:  # stopping: the background nursery is closed
+                        pass
+                deliver(Outcome(target, None, error))
+
+            client = self._clients(target.node)
+            return client.start_merge(bucket, key, new, lww, on_merged, timeout_s=timeout_s)
+
+        async def catch_up(
+            target: Target,
+            missing: MissingChunks,
+            deliver: Callable[[Outcome[None]], None],
+            deadline: float,
+        ) -> None:
+            outcome: Outcome[None] = Outcome(target, None, trio.TooSlowError())
+            with trio.move_on_at(deadline):
+                try:
+                    await self._push_chunks_and_merge(
+                        target.node, bucket, key, new, sources, lww, missing
+                    )
+                    outcome = Outcome(target, None, None)
+                except Exception as exc:  # a replica's failure is a vote, not a crash
+                    outcome = Outcome(target, None, exc)
+            deliver(outcome)
+
         def on_outcome(outcome: Outcome[None]) -> bool:
             t = outcome.target
             result = "dw" if outcome.error is None else ("error", repr(outcome.error))
@@ -592,7 +628,12 @@ class Coordinator:
 
         if not core.enough():
             await fan_out(
-                self.background, others, call, on_outcome, timeout_s=options.timeout_ms / 1000
+                self.background,
+                others,
+                call,
+                on_outcome,
+                timeout_s=options.timeout_ms / 1000,
+                start=start,
             )
         answer = core.response() if core.enough() else core.timeout_response()
         if isinstance(answer, Failed):
@@ -644,13 +685,24 @@ class Coordinator:
 
         The offer/missing/send exchange of replication, read repair and handoff.
         """
-        client = self._clients(node)
         try:
-            await client.merge(bucket, key, obj, lww)
-            return
+            await self._clients(node).merge(bucket, key, obj, lww)
         except MissingChunks as missing:
-            wanted = missing.missing
-        for digest in sorted(wanted):
+            await self._push_chunks_and_merge(node, bucket, key, obj, sources, lww, missing)
+
+    async def _push_chunks_and_merge(
+        self,
+        node: str,
+        bucket: bytes,
+        key: bytes,
+        obj: Object,
+        sources: Sequence[str],
+        lww: bool,
+        missing: MissingChunks,
+    ) -> None:
+        """The rest of `_push_object` once `node` said which chunks it lacks."""
+        client = self._clients(node)
+        for digest in sorted(missing.missing):
             data = await self._fetch_chunk(digest, sources)
             await client.write_chunk(data, digest)
         await client.merge(bucket, key, obj, lww)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from ringstore.coord.replica import LocalReplica, OnRecord
+from ringstore.coord.replica import LocalReplica, OnMerged, OnRecord
 from ringstore.core.hashing import is_chunk_hash
 from ringstore.core.versions import (
     Content,
@@ -46,6 +46,11 @@ def _field(body: Body, name: str, kind: type | tuple[type, ...]) -> Any:
     if not isinstance(value, kind):
         raise ProtocolError(f"field {name!r} is missing or not {kind}")
     return value
+
+
+def _quiet_merge_body(bucket: bytes, key: bytes, obj: Object, lww: bool) -> Body:
+    # "quiet": the replica answers without its merged record, which nobody here reads.
+    return {"b": bucket, "k": key, "o": obj.encode(), "lww": lww, "quiet": True}
 
 
 def _record_of(reply: Body) -> bytes | None:
@@ -146,9 +151,37 @@ class RemoteReplica:
         return Object.decode(_field(reply, "o", bytes))
 
     async def merge(self, bucket: bytes, key: bytes, obj: Object, lww: bool) -> None:
-        # "quiet": the replica answers without its merged record, which nobody here reads.
-        body = {"b": bucket, "k": key, "o": obj.encode(), "lww": lww, "quiet": True}
+        body = _quiet_merge_body(bucket, key, obj, lww)
         _raise_missing(await self._request("merge_put", body, RECORD_CALL_TIMEOUT_S))
+
+    def start_merge(
+        self,
+        bucket: bytes,
+        key: bytes,
+        obj: Object,
+        lww: bool,
+        on_merged: OnMerged,
+        *,
+        timeout_s: float,
+    ) -> bool:
+        if self._start_call is None:
+            return False
+
+        def replied(reply: Body | None, error: Exception | None) -> None:
+            if reply is not None:
+                try:
+                    _raise_missing(reply)
+                except (MissingChunks, ProtocolError) as exc:
+                    error = exc
+            on_merged(error)
+
+        return self._start_call(
+            self.node,
+            "replica.merge_put",
+            _quiet_merge_body(bucket, key, obj, lww),
+            timeout_s=min(timeout_s, RECORD_CALL_TIMEOUT_S),
+            on_reply=replied,
+        )
 
     async def missing_chunks(self, hashes: Sequence[bytes]) -> frozenset[bytes]:
         reply = await self._request("missing_chunks", {"h": list(hashes)}, RECORD_CALL_TIMEOUT_S)

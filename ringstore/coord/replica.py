@@ -19,6 +19,8 @@ from ringstore.storage.engine import RecordWrite, StorageEngine, StoredRecord
 # How a replica's record read started without a task reports back: (record or None for no
 # such key, None) or (None, the error).
 OnRecord = Callable[[bytes | None, Exception | None], None]
+# How a merge started without a task reports back: None once merged, else the error.
+OnMerged = Callable[[Exception | None], None]
 
 
 class ReplicaClient(Protocol):
@@ -50,6 +52,21 @@ class ReplicaClient(Protocol):
 
     async def merge(self, bucket: bytes, key: bytes, obj: Object, lww: bool) -> None:
         """`merge_put` for a caller that does not need the merged object back."""
+
+    def start_merge(
+        self,
+        bucket: bytes,
+        key: bytes,
+        obj: Object,
+        lww: bool,
+        on_merged: OnMerged,
+        *,
+        timeout_s: float,
+    ) -> bool:
+        """`merge` without a task waiting for it, if it can start at once: then, exactly
+        once, `on_merged(None)` or `on_merged(error)` (MissingChunks as `merge` raises it),
+        from whichever task gets the answer (it must not block). False: nothing was
+        started; use `merge`."""
 
     async def missing_chunks(self, hashes: Sequence[bytes]) -> frozenset[bytes]: ...
 
@@ -177,6 +194,19 @@ class LocalReplica:
 
     async def merge(self, bucket: bytes, key: bytes, obj: Object, lww: bool) -> None:
         await self.merge_put_record(bucket, key, obj, lww)
+
+    def start_merge(
+        self,
+        bucket: bytes,
+        key: bytes,
+        obj: Object,
+        lww: bool,
+        on_merged: OnMerged,
+        *,
+        timeout_s: float,
+    ) -> bool:
+        """A local merge waits for its commit: it needs a task (`merge`)."""
+        return False
 
     async def merge_put_record(
         self, bucket: bytes, key: bytes, obj: Object, lww: bool

@@ -16,8 +16,9 @@ import trio
 from ringstore.coord.remote import RECORD_CALL_TIMEOUT_S, RemoteReplica, replica_handlers
 from ringstore.coord.replica import LocalReplica
 from ringstore.core import versions
+from ringstore.core.hashing import chunk_hash
 from ringstore.core.versions import Content, Object
-from ringstore.errors import PeerUnavailable, ProtocolError
+from ringstore.errors import MissingChunks, PeerUnavailable, ProtocolError
 from ringstore.net.connection import Inline
 from ringstore.net.memnet import MemoryNetwork
 from ringstore.storage.memory import MemoryStore
@@ -145,6 +146,46 @@ async def test_a_started_record_read_reports_through_its_function(replica):
     local: list[tuple[bytes | None, Exception | None]] = []
     assert replica.start_get_record(b"b", b"k", lambda *a: local.append(a), timeout_s=1)
     assert local == [(await stored_record(replica, b"k"), None)]
+
+
+async def test_a_started_merge_reports_through_its_function(replica):
+    handlers = replica_handlers(replica)
+    lacking = chunk_hash(b"a chunk this replica never got")
+    told: list[Exception | None] = []
+    bodies: list[dict] = []
+
+    async def call(peer: str, method: str, body: dict, timeout_s: float) -> dict:
+        raise AssertionError("every merge here is started")
+
+    def start_call(peer, method, body, *, timeout_s, on_reply) -> bool:
+        assert (peer, method, timeout_s) == ("n1", "replica.merge_put", RECORD_CALL_TIMEOUT_S)
+        bodies.append(body)
+        replies = {
+            b"k": ({}, None),
+            b"lacks": ({"missing": [lacking]}, None),
+            b"garbled": ({"missing": ["not a hash"]}, None),
+            b"down": (None, PeerUnavailable(peer, "connection lost")),
+        }
+        on_reply(*replies[body["k"]])
+        return True
+
+    remote = RemoteReplica("n1", call, start_call)
+    obj = versions.coordinate(None, content(b"x"), None, OTHER, key_epoch=1)
+    for key in (b"k", b"lacks", b"garbled", b"down"):
+        assert remote.start_merge(b"b", key, obj, False, told.append, timeout_s=60)
+    assert told[0] is None
+    assert isinstance(told[1], MissingChunks) and told[1].missing == {lacking}
+    assert isinstance(told[2], ProtocolError)
+    assert isinstance(told[3], PeerUnavailable)
+    # The same quiet body a waiting merge sends: the replica answers without its record.
+    assert all(body["quiet"] is True and body["o"] == obj.encode() for body in bodies)
+    assert (await handlers["replica.merge_put"]("n2", bodies[0])) == {}
+    assert not RemoteReplica("n1", call).start_merge(
+        b"b", b"k", obj, False, told.append, timeout_s=1
+    )
+    # A local merge waits for its commit: it always takes the task path.
+    assert not replica.start_merge(b"b", b"k", obj, False, told.append, timeout_s=1)
+    assert len(told) == 4
 
 
 def test_an_objects_encoding_is_kept_and_changes_nothing_else():
