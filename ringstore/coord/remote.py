@@ -92,6 +92,25 @@ class RemoteReplica:
     async def _request(self, method: str, body: Body, timeout_s: float) -> Body:
         return await self._call(self.node, "replica." + method, body, timeout_s)
 
+    def _start(
+        self,
+        method: str,
+        body: Body,
+        timeout_s: float,
+        on_reply: Callable[[Body | None, Exception | None], None],
+    ) -> bool:
+        """A record call without a task waiting for it (PeerService.start_call), if one can
+        start now; never longer than a record call's own bound."""
+        if self._start_call is None:
+            return False
+        return self._start_call(
+            self.node,
+            "replica." + method,
+            body,
+            timeout_s=min(timeout_s, RECORD_CALL_TIMEOUT_S),
+            on_reply=on_reply,
+        )
+
     async def get(self, bucket: bytes, key: bytes) -> Object | None:
         record = await self.get_record(bucket, key)
         return None if record is None else Object.decode(record)
@@ -103,9 +122,6 @@ class RemoteReplica:
     def start_get_record(
         self, bucket: bytes, key: bytes, on_record: OnRecord, *, timeout_s: float
     ) -> bool:
-        if self._start_call is None:
-            return False
-
         def replied(reply: Body | None, error: Exception | None) -> None:
             if reply is not None:
                 try:
@@ -117,13 +133,7 @@ class RemoteReplica:
                     return
             on_record(None, error)
 
-        return self._start_call(
-            self.node,
-            "replica.get",
-            {"b": bucket, "k": key},
-            timeout_s=min(timeout_s, RECORD_CALL_TIMEOUT_S),
-            on_reply=replied,
-        )
+        return self._start("get", {"b": bucket, "k": key}, timeout_s, replied)
 
     async def coordinate_put(
         self,
@@ -164,9 +174,6 @@ class RemoteReplica:
         *,
         timeout_s: float,
     ) -> bool:
-        if self._start_call is None:
-            return False
-
         def replied(reply: Body | None, error: Exception | None) -> None:
             if reply is not None:
                 try:
@@ -175,13 +182,8 @@ class RemoteReplica:
                     error = exc
             on_merged(error)
 
-        return self._start_call(
-            self.node,
-            "replica.merge_put",
-            _quiet_merge_body(bucket, key, obj, lww),
-            timeout_s=min(timeout_s, RECORD_CALL_TIMEOUT_S),
-            on_reply=replied,
-        )
+        body = _quiet_merge_body(bucket, key, obj, lww)
+        return self._start("merge_put", body, timeout_s, replied)
 
     async def missing_chunks(self, hashes: Sequence[bytes]) -> frozenset[bytes]:
         reply = await self._request("missing_chunks", {"h": list(hashes)}, RECORD_CALL_TIMEOUT_S)
