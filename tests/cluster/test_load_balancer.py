@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from dataclasses import replace
@@ -238,9 +239,20 @@ def env(run_dir):
     return env
 
 
-def upstreams_in_log(log: Path, since: int = 0) -> list[list[str]]:
-    """For each request nginx logged (from line `since`), the nodes it went to, in order."""
+LOG_WAIT_S = 10.0  # nginx logs a request just after its response: the last line may lag
+
+
+def upstreams_in_log(log: Path, count: int, since: int = 0) -> list[list[str]]:
+    """For each request nginx logged from line `since`, the nodes it went to, in order.
+
+    nginx writes a request's line once the response is sent, so the line of the request a
+    client just read may not be there yet: this waits (up to LOG_WAIT_S) for `count` lines.
+    """
+    deadline = time.monotonic() + LOG_WAIT_S
     lines = log.read_text().splitlines()[since:]
+    while len(lines) < count and time.monotonic() < deadline:
+        time.sleep(0.02)  # another process's file: no event to wait on
+        lines = log.read_text().splitlines()[since:]
     return [line.split(" upstream=")[1].split(" (")[0].split(", ") for line in lines]
 
 
@@ -276,7 +288,7 @@ def test_writes_and_reads_through_nginx_with_every_node_up_and_with_one_stopped(
     assert http("GET", f"{lb}/buckets/lb/keys/big?r=2")[:2] == (200, BIG)
     assert http("GET", f"{lb}/buckets/lb/keys/streamed?r=2")[:2] == (200, BIG)
     # Every node got its share, and each request went to exactly one of them.
-    tried = upstreams_in_log(access_log)
+    tried = upstreams_in_log(access_log, 8)
     assert len(tried) == 8 and all(len(one) == 1 for one in tried)
     assert {one[0] for one in tried} == set(nodes)
 
@@ -296,7 +308,7 @@ def test_writes_and_reads_through_nginx_with_every_node_up_and_with_one_stopped(
     assert http("GET", f"{lb}/buckets/lb/keys/big?r=2")[:2] == (200, BIG)
     assert http("GET", f"{lb}/buckets/lb/keys/small?r=2")[:2] == (200, b"inline value")
     # nginx tried the stopped node and passed the request on (no client saw an error).
-    tried = upstreams_in_log(access_log, logged)
+    tried = upstreams_in_log(access_log, 16, logged)
     assert len(tried) == 16
     assert any(one[0] == nodes[1] and len(one) == 2 for one in tried), tried
     assert all(one[-1] != nodes[1] for one in tried)
