@@ -396,7 +396,7 @@ class PeerConnection:
     def _answer_inline(self, request: wire.Request, handler: Inline) -> None:
         try:
             frame = self.codec.send_parts(
-                wire.Reply(request.id, True, handler.fn(self.peer, request.body))
+                wire.Reply.for_sending(request.id, True, handler.fn(self.peer, request.body))
             )
         except Exception as exc:
             self._log_bug(request, exc)
@@ -434,7 +434,7 @@ class PeerConnection:
                 body = await handler(self.peer, request.body)
                 if self.closed:
                     return
-                frame = self.codec.send_parts(wire.Reply(request.id, True, body))
+                frame = self.codec.send_parts(wire.Reply.for_sending(request.id, True, body))
             except Exception as exc:
                 self._log_bug(request, exc)
                 if self.closed:

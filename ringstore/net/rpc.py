@@ -263,20 +263,24 @@ class PeerService:
         reader (or whichever task ends the call): it must not block.
 
         False, having sent nothing, when the call cannot start at once (no connection yet,
-        all slots taken): then `call`. Refuses a bad call as `call` does, by raising.
+        all slots taken): then `call`. A call that cannot travel raises LocalProtocolError
+        (here, or from that `call`), having sent nothing.
         """
         self._check_call(peer, timeout_s)
-        request = wire.Request(0, method, body)  # validates before anything is sent
         connection = self._current_connection(peer)
         if connection is None or self._nursery is None:
-            return False
+            return False  # `call` will refuse a call that cannot travel
 
         def answered(reply: wire.Reply | None, error: RingstoreError | None) -> None:
             if reply is not None and not reply.ok:
                 error = remote_error(peer, reply.body)
             on_reply(None if error is not None or reply is None else reply.body, error)
 
-        if not connection.start_exchange(request.with_id, wire.Reply, answered, timeout_s):
+        def request(message_id: int) -> wire.Request:
+            # The head is checked here, the body as the frame is encoded: before it is sent.
+            return wire.Request.for_sending(message_id, method, body)
+
+        if not connection.start_exchange(request, wire.Reply, answered, timeout_s):
             return False
         if self._expiry_wakeup is not None:
             self._expiry_wakeup.set()

@@ -844,3 +844,35 @@ async def test_a_real_tcp_peer():
                 await stream.send_eof()
                 assert await next_message(stream, conn) is CLOSED
             nursery.cancel_scope.cancel()
+
+
+def test_messages_for_sending_check_their_head_now_and_their_body_when_encoded():
+    body = {"b": b"bucket", "k": b"key", "n": [1, "two", None, True, {"x": b""}]}
+    for checked, for_sending in [
+        (Request(7, "replica.get", body), Request.for_sending(7, "replica.get", body)),
+        (Reply(7, True, body), Reply.for_sending(7, True, body)),
+    ]:
+        assert for_sending == checked
+        assert encode_frame(for_sending) == encode_frame(checked)
+    bad_heads = [
+        lambda: Request.for_sending(-1, "replica.get", {}),
+        lambda: Request.for_sending(1, "no spaces allowed", {}),
+        lambda: Request.for_sending(1, "replica.get", "not a dict"),
+        lambda: Reply.for_sending(MAX_ID + 1, True, {}),
+        lambda: Reply.for_sending(1, "yes", {}),
+        lambda: Reply.for_sending(1, True, ["not", "a", "dict"]),
+    ]
+    for make in bad_heads:
+        with pytest.raises(LocalProtocolError):
+            make()
+    too_deep: dict = {}
+    for _ in range(MAX_DEPTH + 1):
+        too_deep = {"d": too_deep}
+    for bad_body in [{"value": 1.5}, {"set": {1, 2}}, too_deep, {1: "int key"}]:
+        with pytest.raises(LocalProtocolError):
+            Request(1, "replica.get", bad_body)
+        unsent = Request.for_sending(1, "replica.get", bad_body)  # built, but never encoded
+        with pytest.raises(LocalProtocolError):
+            encode_frame(unsent)
+        with pytest.raises(LocalProtocolError):
+            encode_frame(Reply.for_sending(1, False, bad_body))
