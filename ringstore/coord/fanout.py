@@ -96,7 +96,12 @@ async def fan_out(
             await _run_in_background(work)
 
     for target in targets:
-        if start is None or not start(target, deliver, timeout_s):
+        try:
+            started = start is not None and start(target, deliver, timeout_s)
+        except Exception as exc:  # refused before anything was sent: a vote, like a failure
+            deliver(Outcome(target, None, exc))
+            continue
+        if not started:
             background.start_soon(one, target)
     if not targets or enough.is_set():
         return enough.is_set()

@@ -142,3 +142,25 @@ async def test_a_started_call_can_answer_before_start_returns_and_errors_are_con
     assert seen == ["n2 down"]
     assert enough is False and trio.current_time() - started == 5
     assert "counting a replica's answer failed" in caplog.text
+
+
+async def test_a_start_that_raises_counts_as_that_replicas_failure(nursery, autojump_clock):
+    outcomes: list[Outcome[str]] = []
+
+    def start(target: Target, deliver, timeout_s: float) -> bool:
+        if target.node == "n2":
+            raise ValueError("cannot send that")
+        return False
+
+    async def call(target: Target) -> str:
+        return target.node
+
+    def on_outcome(outcome: Outcome[str]) -> bool:
+        outcomes.append(outcome)
+        return len(outcomes) == 2
+
+    assert await fan_out(nursery, REMOTES, call, on_outcome, timeout_s=5, start=start)
+    assert [(o.target.node, o.value, type(o.error).__name__) for o in outcomes] == [
+        ("n2", None, "ValueError"),
+        ("n3", "n3", "NoneType"),
+    ]
