@@ -15,13 +15,11 @@ once with `PeerUnavailable`; the next call re-dials. Failed dials back off expon
 once rather than waiting, so a coordinator moves on to another replica.
 
 `start_call` is a call without a task waiting for it, for the coordinator's replica reads
-and replication merges: it goes
-out at once over an established connection (else it returns False and the caller uses
-`call`), and its reply, or the error `call` would raise, is handed to a function by the
-connection's reader. A task per call was a visible share of a small request
-(bench/RESULTS.md).
-Its timeout is kept by one task per service that looks every EXPIRY_TICK_S while any such
-call waits.
+and replication merges: it goes out at once over an established connection (else it returns
+False and the caller uses `call`), and its reply, or the error `call` would raise, is handed
+to a function by the connection's reader. A task per call was a visible share of a small
+request (bench/RESULTS.md). Its timeout is kept by one task per service that looks every
+EXPIRY_TICK_S while any such call waits.
 
 Serving (net/connection.py): each request runs its handler in its own task, a bounded
 number per connection. A handler raising `RingstoreError` becomes an error reply
