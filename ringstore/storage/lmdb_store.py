@@ -233,6 +233,25 @@ def _write_and_finish(upload: Upload, data: bytes | bytearray | memoryview) -> b
     return upload.finish()
 
 
+async def _on_worker_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` on one of Trio's cached worker threads, waited for without cancellation.
+
+    `trio.to_thread.run_sync` without its per-call extras: a capacity limiter, a context copy
+    and a thread name set and reset through ctypes, which made each hop twice as costly
+    (about 120 against 60 microseconds of CPU here, once per group commit and chunk file).
+    Like `run_sync` by default, a cancelled caller still waits for `fn`: a commit or a file
+    operation is never left running behind the engine's back.
+    """
+    task = trio.lowlevel.current_task()
+    token = trio.lowlevel.current_trio_token()
+
+    def deliver(result: Any) -> None:  # an outcome.Outcome
+        token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+    trio.lowlevel.start_thread_soon(partial(fn, *args), deliver)
+    return await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
+
+
 def _commit_error(exc: BaseException) -> LocalError:
     """A fresh error per waiting operation (one exception object must not be raised twice)."""
     if isinstance(exc, lmdb.MapFullError):
@@ -296,7 +315,6 @@ class LmdbStore:
         self._write_send: trio.MemorySendChannel[_WriteOp] | None = None
         self._read_limiter: trio.CapacityLimiter | None = None
         self._file_limiter: trio.CapacityLimiter | None = None
-        self._write_limiter: trio.CapacityLimiter | None = None
         self._threads_busy = 0
         self._threads_idle: trio.Event | None = None
         self._hash_locks: dict[bytes, trio.Lock] = {}
@@ -320,7 +338,6 @@ class LmdbStore:
         self._state = _CLOSED  # until open succeeds, every call is refused
         self._read_limiter = trio.CapacityLimiter(READ_THREADS)
         self._file_limiter = trio.CapacityLimiter(FILE_THREADS)
-        self._write_limiter = trio.CapacityLimiter(1)
         send, receive = trio.open_memory_channel[_WriteOp](WRITE_QUEUE_OPS)
         try:
             with self._run_scope:
@@ -494,7 +511,10 @@ class LmdbStore:
             self._check_running()
         self._threads_busy += 1
         try:
-            return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+            if limiter is None:
+                return await _on_worker_thread(fn, *args)
+            async with limiter:
+                return await _on_worker_thread(fn, *args)
         finally:
             self._threads_busy -= 1
             if not self._threads_busy and self._threads_idle is not None:
@@ -558,9 +578,8 @@ class LmdbStore:
     async def _commit(self, batch: list[_WriteOp]) -> None:
         now = float(self._wall_clock())
         try:
-            outcomes, metadata_bytes = await trio.to_thread.run_sync(
-                self._commit_batch, batch, now, limiter=self._write_limiter
-            )
+            # The committer is the only writer: no limiter needed to keep commits one at a time.
+            outcomes, metadata_bytes = await _on_worker_thread(self._commit_batch, batch, now)
         except Exception as exc:
             log.exception("storage %s: a commit of %d writes failed", self.path, len(batch))
             for op in batch:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import lmdb
 import pytest
 import trio
@@ -15,17 +17,17 @@ lmdb_only = pytest.mark.parametrize("kind", ["lmdb"])  # the `engines` fixture's
 
 
 class ThreadCalls:
-    """Counts the engine's worker-thread calls (every one goes through trio.to_thread)."""
+    """Counts the engine's worker-thread calls (every one goes through _on_worker_thread)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
-        real = trio.to_thread.run_sync
+        real = lmdb_store._on_worker_thread
 
-        async def counted(fn, *args, **kwargs):
+        async def counted(fn, *args):
             self.count += 1
-            return await real(fn, *args, **kwargs)
+            return await real(fn, *args)
 
-        monkeypatch.setattr(lmdb_store.trio.to_thread, "run_sync", counted)
+        monkeypatch.setattr(lmdb_store, "_on_worker_thread", counted)
 
     def take(self) -> int:
         count, self.count = self.count, 0
@@ -117,3 +119,30 @@ async def test_known_hash_writes_leave_a_clean_stop(engines):
     assert stopped_cleanly(engine)
     again = await engines.reopen(engine)
     assert await again.read_chunk(chunk_hash(data)) == data
+
+
+async def test_worker_thread_calls_run_off_the_event_loop_and_return_or_raise():
+    loop_thread = threading.get_ident()
+    assert await lmdb_store._on_worker_thread(threading.get_ident) != loop_thread
+    assert await lmdb_store._on_worker_thread(divmod, 7, 2) == (3, 1)
+    with pytest.raises(ZeroDivisionError):
+        await lmdb_store._on_worker_thread(divmod, 1, 0)
+
+
+async def test_a_cancelled_caller_still_waits_for_its_worker_thread_call():
+    # A commit or a chunk file's rename must not go on behind the engine's back.
+    release = threading.Event()
+    finished: list[str] = []
+
+    def slow() -> str:
+        release.wait(10)
+        finished.append("done")
+        return "result"
+
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        trio.lowlevel.current_trio_token().run_sync_soon(release.set)
+        assert await lmdb_store._on_worker_thread(slow) == "result"
+        assert finished == ["done"]
+        await trio.lowlevel.checkpoint()  # the cancellation arrives at the next checkpoint
+    assert scope.cancelled_caught
