@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import io
 import itertools
 import random
 
@@ -35,6 +36,7 @@ from ringstore.core.wire import (
     Reply,
     Request,
     Role,
+    _Decoder,
     decode_payload,
     encode_frame,
 )
@@ -775,6 +777,137 @@ def test_fuzz_arbitrary_cbor_in_valid_frames(items, indefinite, data):
     cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=6))
     for conn in fresh_connections():
         survive(conn, stream, cuts, eof=data.draw(st.booleans()))
+
+
+# An independent strict decoder to hold ours against: cbor2 with every tag, indefinite length
+# and duplicate key refused, then the subset's types checked (depth and item limits have
+# tests of their own above; the values drawn here stay far from them).
+_REFUSE_EVERY_TAG = dict.fromkeys([*range(300), 1000, 55799, 55800], cbor2.CBORTag)
+
+
+def _refuse_tag(tag: object, immutable: bool = False) -> object:
+    raise ValueError(f"tag {tag!r}")
+
+
+def _check_subset(value: object) -> None:
+    if type(value) is list:
+        for item in value:
+            _check_subset(item)
+    elif type(value) is dict:
+        for key, item in value.items():
+            if type(key) is not str and type(key) is not bytes:
+                raise ValueError(f"key {key!r}")
+            _check_subset(item)
+    elif value is not None and type(value) not in (bool, int, bytes, str):
+        raise ValueError(f"value {value!r}")
+
+
+def reference_decode(payload: bytes) -> object:
+    decoder = cbor2.CBORDecoder(
+        io.BytesIO(payload),
+        semantic_decoders={tag: _refuse_tag for tag in _REFUSE_EVERY_TAG},
+        tag_hook=_refuse_tag,
+        allow_indefinite=False,
+        allow_duplicate_keys=False,
+    )
+    value = decoder.decode()
+    if decoder.fp.tell() != len(payload):
+        raise ValueError("stray bytes")
+    _check_subset(value)
+    return value
+
+
+def same_value(a: object, b: object) -> bool:
+    """Equal, with the same type at every level (True == 1 and 1 == 1.0 do not count)."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is list:
+        return len(a) == len(b) and all(map(same_value, a, b))  # type: ignore[arg-type]
+    if type(a) is dict:
+        return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)  # type: ignore[union-attr,index]
+    return a == b
+
+
+def cbor_head(major: int, count: int) -> bytes:
+    return bytes([major << 5 | count]) if count < 24 else bytes([major << 5 | 24, count])
+
+
+# Raw CBOR built item by item, so maps can hold a key twice and strings cross every length
+# form (1-byte, 2-byte and 4-byte lengths).
+raw_scalars = st.builds(
+    cbor2.dumps,
+    scalars
+    | st.text(min_size=20, max_size=300)
+    | st.binary(min_size=20, max_size=600)
+    | st.sampled_from([23, 24, 255, 256, 300, 4200, 65535, 65536]).flatmap(
+        lambda n: st.sampled_from([b"v" * n, "t" * n])
+    ),
+)
+raw_keys = st.builds(
+    cbor2.dumps, st.sampled_from(["type", "id", "b", ""]) | keys | st.integers(-3, 30)
+)
+
+
+def raw_maps(children: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
+    return st.lists(st.tuples(raw_keys, children), max_size=4).map(
+        lambda pairs: cbor_head(5, len(pairs)) + b"".join(k + v for k, v in pairs)
+    )
+
+
+raw_cbor = st.recursive(
+    raw_scalars,
+    lambda children: (
+        st.lists(children, max_size=4).map(lambda xs: cbor_head(4, len(xs)) + b"".join(xs))
+        | raw_maps(children)
+    ),
+    max_leaves=12,
+)
+
+
+def assert_decoders_agree(payload: bytes) -> None:
+    try:
+        expected = reference_decode(payload)
+    except Exception:
+        expected = ProtocolError
+    try:
+        decoder = _Decoder(memoryview(payload))
+        got = decoder.decode(0)
+        if decoder.pos != len(payload):
+            raise ProtocolError("stray bytes")
+    except ProtocolError:
+        got = ProtocolError
+    assert got is expected if expected is ProtocolError else same_value(got, expected)
+
+
+def mutated(payload: bytes, data: st.DataObject) -> bytes:
+    """`payload` with up to three bytes overwritten or inserted."""
+    result = bytearray(payload)
+    for _ in range(data.draw(st.integers(0, 3))):
+        position = data.draw(st.integers(0, len(result)))
+        if position < len(result) and data.draw(st.booleans()):
+            result[position] = data.draw(st.integers(0, 255))
+        else:
+            result.insert(position, data.draw(st.integers(0, 255)))
+    return bytes(result)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw_maps(raw_cbor), st.data())  # messages are maps: their values take a fast path
+def test_the_decoder_agrees_with_an_independent_strict_decoder_on_raw_cbor(payload, data):
+    assert_decoders_agree(mutated(payload, data))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cbor_anything | message_like | application_messages, st.booleans(), st.data())
+def test_the_decoder_agrees_with_an_independent_strict_decoder_on_values(item, indefinite, data):
+    if isinstance(item, Request | Reply | Ping | Pong):
+        payload = encode_frame(item)[LENGTH_PREFIX_BYTES:]
+    else:
+        try:
+            payload = cbor2.dumps(item, indefinite_containers=indefinite)
+        except (cbor2.CBOREncodeError, ValueError, TypeError):
+            return
+    assert_decoders_agree(mutated(payload, data))
 
 
 @settings(max_examples=100, deadline=None)
