@@ -28,6 +28,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -57,7 +58,7 @@ MAX_RECORD_DEPTH = 8  # nesting of an encoded object is 7; deeper input is garba
 MAX_ETAG_CHARS = 128  # a hex digest of up to 512 bits
 CONTENT_FIELDS = 11  # items of an encoded Content
 NODE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._@:-")
-HEX_DIGITS = frozenset("0123456789abcdef")
+_ETAG_PATTERN = re.compile(f"[0-9a-f]{{1,{MAX_ETAG_CHARS}}}")
 
 
 def _is_int(value: object) -> bool:
@@ -126,33 +127,38 @@ class Content:
     deleted: bool = False
 
     def __post_init__(self) -> None:
+        # Every record read is checked here, sibling by sibling: the common case (no user
+        # metadata, links or chunks) skips the loops, and the etag is one regex match.
         if not isinstance(self.content_type, str) or not self.content_type:
             raise ValueError("content_type must be a non-empty string")
-        for name in ("charset", "content_encoding"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, str):
-                raise ValueError(f"{name} must be a string or None")
-        if not isinstance(self.user_meta, tuple) or not all(
-            isinstance(pair, tuple)
-            and len(pair) == 2
-            and isinstance(pair[0], str)
-            and isinstance(pair[1], str)
-            for pair in self.user_meta
+        if self.charset is not None and not isinstance(self.charset, str):
+            raise ValueError("charset must be a string or None")
+        if self.content_encoding is not None and not isinstance(self.content_encoding, str):
+            raise ValueError("content_encoding must be a string or None")
+        if not isinstance(self.user_meta, tuple) or (
+            self.user_meta
+            and not all(
+                isinstance(pair, tuple)
+                and len(pair) == 2
+                and isinstance(pair[0], str)
+                and isinstance(pair[1], str)
+                for pair in self.user_meta
+            )
         ):
             raise ValueError("user_meta must be a tuple of (name, value) string pairs")
-        if not isinstance(self.links, tuple) or not all(isinstance(x, str) for x in self.links):
+        if not isinstance(self.links, tuple) or (
+            self.links and not all(isinstance(x, str) for x in self.links)
+        ):
             raise ValueError("links must be a tuple of strings")
         if not _is_int(self.size) or self.size < 0:
             raise ValueError(f"size must be a non-negative integer, not {self.size!r:.40}")
-        if (
-            not isinstance(self.etag, str)
-            or not 1 <= len(self.etag) <= MAX_ETAG_CHARS
-            or not set(self.etag) <= HEX_DIGITS
-        ):
+        if not isinstance(self.etag, str) or _ETAG_PATTERN.fullmatch(self.etag) is None:
             raise ValueError(f"etag must be lowercase hex of 1 to {MAX_ETAG_CHARS} digits")
         if not _is_int(self.last_modified_us) or not 0 <= self.last_modified_us <= MAX_COUNTER:
             raise ValueError("last_modified_us must be a non-negative 64-bit integer")
-        if not isinstance(self.chunks, tuple) or not all(is_chunk_hash(h) for h in self.chunks):
+        if not isinstance(self.chunks, tuple) or (
+            self.chunks and not all(is_chunk_hash(h) for h in self.chunks)
+        ):
             raise ValueError("chunks must be a tuple of chunk hashes")
         if type(self.deleted) is not bool:
             raise ValueError("deleted must be a bool")
