@@ -201,49 +201,52 @@ async def test_20000_requests_leave_fds_and_tasks_where_they_started(one_node) -
     await hygiene(one_node, 20_000)
 
 
-async def test_connections_over_the_limit_get_503_and_never_hang_the_node(
-    one_node, nursery
-) -> None:
+async def test_connections_over_the_limit_get_503_and_never_hang_the_node(one_node) -> None:
     node = one_node.nodes["n1"]
     limit = 4
     fds, tasks = open_fds(), count_tasks()
     # A second listener on the node's KV with a small limit: Node takes no HTTP limits (reported).
-    listeners = await nursery.start(
-        functools.partial(
-            serve_http, node.coordinator, "127.0.0.1", 0, limits=HttpLimits(max_connections=limit)
+    async with trio.open_nursery() as serving:
+        listeners = await serving.start(
+            functools.partial(
+                serve_http,
+                node.coordinator,
+                "127.0.0.1",
+                0,
+                limits=HttpLimits(max_connections=limit),
+            )
         )
-    )
-    limited = ("127.0.0.1", listener_port(listeners[0]))
-    held = [await connect(limited) for _ in range(limit)]
-    for client in held:
-        assert (await client.request("GET", "/ping")).status == 200
-    with trio.fail_after(10):
-        for _ in range(3 * limit):
-            extra = await connect(limited)
-            reply = await extra.read_reply()
-            assert reply.status == 503
-            assert reply.header("Retry-After") == "1"
-            assert await extra.closed_by_server()
-            await extra.aclose()
-        # the node itself never stalled: its own port and the held connections still answer
-        main = await connect(node.http_address)
-        assert (await main.request("GET", "/ping")).status == 200
-        await main.aclose()
+        limited = ("127.0.0.1", listener_port(listeners[0]))
+        held = [await connect(limited) for _ in range(limit)]
         for client in held:
-            assert (await client.request("GET", "/buckets/b/keys/x")).status == 404
-    for client in held:
-        await client.aclose()
-    with trio.fail_after(10):  # a freed slot is given back once the server sees the close
-        while True:
-            again = await connect(limited)
-            await again.send(b"GET /ping HTTP/1.1\r\nHost: t\r\n\r\n")
-            status = (await again.read_reply()).status
-            await again.aclose()
-            if status == 200:
-                break
-    for listener in listeners:
-        await listener.aclose()
-    await wait_back_to(fds, tasks + 1)  # + the serve_http task, until the test ends
+            assert (await client.request("GET", "/ping")).status == 200
+        with trio.fail_after(10):
+            for _ in range(3 * limit):
+                extra = await connect(limited)
+                reply = await extra.read_reply()
+                assert reply.status == 503
+                assert reply.header("Retry-After") == "1"
+                assert await extra.closed_by_server()
+                await extra.aclose()
+            # the node itself never stalled: its own port and the held connections still answer
+            main = await connect(node.http_address)
+            assert (await main.request("GET", "/ping")).status == 200
+            await main.aclose()
+            for client in held:
+                assert (await client.request("GET", "/buckets/b/keys/x")).status == 404
+        for client in held:
+            await client.aclose()
+        with trio.fail_after(10):  # a freed slot is given back once the server sees the close
+            while True:
+                again = await connect(limited)
+                await again.send(b"GET /ping HTTP/1.1\r\nHost: t\r\n\r\n")
+                status = (await again.read_reply()).status
+                await again.aclose()
+                if status == 200:
+                    break
+        # Stopping the server (not closing its listener under it) closes the listener too.
+        serving.cancel_scope.cancel()
+    await wait_back_to(fds, tasks)
 
 
 # -- the 2 GiB streaming target ----------------------------------------------------------------
