@@ -511,8 +511,7 @@ class LmdbStore:
             self._check_running()
         self._threads_busy += 1
         try:
-            if limiter is None:
-                return await _on_worker_thread(fn, *args)
+            assert limiter is not None  # set by run(), before any call can be made
             async with limiter:
                 return await _on_worker_thread(fn, *args)
         finally:
