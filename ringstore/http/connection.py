@@ -287,16 +287,15 @@ class Connection:
         header deadline the watchdog cancels the connection (and `run` answers 408 if the
         head had begun)."""
         limits = self.limits
-        started = bool(self.conn.trailing_data[0])  # pipelined bytes already buffered
-        self._head_started = started
-        first_timeout = limits.header_timeout_s if started else limits.idle_timeout_s
+        self._head_started = bool(self.conn.trailing_data[0])  # pipelined bytes buffered
+        first_timeout = limits.header_timeout_s if self._head_started else limits.idle_timeout_s
         self._head_deadline = trio.current_time() + first_timeout
         try:
             while True:
                 try:
                     event = self.conn.next_event()
                 except h11.RemoteProtocolError as exc:
-                    if self.peer_closed and not started:
+                    if self.peer_closed and not self._head_started:
                         return None
                     status = exc.error_status_hint
                     message = (
@@ -308,8 +307,8 @@ class Connection:
                     await self._send_early_error(status, message)
                     return None
                 if event is h11.NEED_DATA:
-                    if await self._receive() and not started:
-                        started = self._head_started = True
+                    if await self._receive() and not self._head_started:
+                        self._head_started = True
                         self._head_deadline = trio.current_time() + limits.header_timeout_s
                     continue
                 if isinstance(event, h11.Request):
