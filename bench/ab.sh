@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # A/B two trees of ringstore on this machine: node CPU per operation, in the same minutes.
 #
-#   bench/ab.sh [--op get|put] [--rounds N] [--seconds S] OLD_REV [NEW_REV]
+#   bench/ab.sh [--op get|put] [--size SIZE] [--rounds N] [--seconds S] OLD_REV [NEW_REV]
 #
 # OLD_REV (and NEW_REV, default: the working tree) are exported with `git archive`; each gets
 # a fresh 3-node cluster on free ports (N=3, R=W=2), both up at once and prefilled with 2,000
-# 4 KiB keys. The load generator then alternates S-second bursts (default 4) of 4 KiB
-# operations at concurrency 16 between them, N rounds (default 6), the first tree first in odd
+# keys of SIZE (default 4KiB; 100 keys of a size in MiB). The load generator then alternates
+# S-second bursts (default 4) of operations on SIZE values at concurrency 16 between them, N rounds (default 6), the first tree first in odd
 # rounds and last in even ones. Node CPU is utime + stime of a cluster's three node processes
 # over its burst. Machines here are shared and their speed moves by a third within minutes:
 # one run of a whole matrix per tree says little about a 10% change, pairs of bursts do.
@@ -15,12 +15,13 @@
 # bench/RESULTS.md with the command line. Both clusters and the exports are removed at the end.
 set -euo pipefail
 
-usage="usage: bench/ab.sh [--op get|put] [--rounds N] [--seconds S] OLD_REV [NEW_REV]"
-op=get rounds=6 seconds=4
+usage="usage: bench/ab.sh [--op get|put] [--size SIZE] [--rounds N] [--seconds S] OLD_REV [NEW_REV]"
+op=get size=4KiB rounds=6 seconds=4
 revs=()
 while [ $# -gt 0 ]; do
     case $1 in
         --op) [ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }; op=$2; shift ;;
+        --size) [ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }; size=$2; shift ;;
         --rounds) [ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }; rounds=$2; shift ;;
         --seconds) [ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }; seconds=$2; shift ;;
         -h|--help) echo "$usage"; exit 0 ;;
@@ -30,6 +31,9 @@ while [ $# -gt 0 ]; do
     shift
 done
 case $op in get|put) ;; *) echo "ab.sh: --op is get or put, not $op" >&2; exit 2 ;; esac
+[[ $size =~ ^[1-9][0-9]*(KiB|MiB)?$ ]] || { echo "ab.sh: --size is a number of bytes, KiB or MiB, not $size" >&2; exit 2; }
+keys=2000
+[[ $size == *MiB ]] && keys=100
 for number in "$rounds" "$seconds"; do
     [[ $number =~ ^[1-9][0-9]*$ ]] || { echo "ab.sh: rounds and seconds are positive integers" >&2; exit 2; }
 done
@@ -82,7 +86,7 @@ print(" ".join(n["http_url"] for n in json.load(open(sys.argv[1]))["nodes"]))' "
     pids[$name]=$("$python" -c 'import json, sys
 print(" ".join(str(n["pid"]) for n in json.load(open(sys.argv[1]))["nodes"]))' "${run_dir[$name]}/cluster.json")
     # shellcheck disable=SC2086
-    "$python" -m bench --op get --value-size 4KiB --keys 2000 --prefill -n 1 ${nodes[$name]} >/dev/null
+    "$python" -m bench --op get --value-size "$size" --keys "$keys" --prefill -n 1 ${nodes[$name]} >/dev/null
 }
 start old
 start new
@@ -97,12 +101,12 @@ cpu_ticks() {  # pids...
 
 burst() {  # name round -> "ops/s p99 cpu_ms_per_op"
     local name=$1 round=$2 before after
-    local keys=(--keys 2000)
+    local keys=(--keys "$keys")
     [ "$op" = put ] && keys=(--keys 100000000 --key-dist sequential --bucket "ab-$name-$round")
     # shellcheck disable=SC2086
     before=$(cpu_ticks ${pids[$name]})
     # shellcheck disable=SC2086
-    "$python" -m bench --op "$op" --value-size 4KiB "${keys[@]}" -c 16 -d "$seconds" \
+    "$python" -m bench --op "$op" --value-size "$size" "${keys[@]}" -c 16 -d "$seconds" \
         --r 2 --w 2 ${nodes[$name]} -o "$work/$name.json" >/dev/null
     # shellcheck disable=SC2086
     after=$(cpu_ticks ${pids[$name]})
@@ -116,7 +120,7 @@ print(f'{report["totals"]["ops_per_s"]:.0f} {report["latency_ms"]["p99"]:.1f} {c
 EOF
 }
 
-echo "A/B: 4 KiB $op at c16, ${seconds} s bursts; old = ${revs[0]}, new = ${revs[1]:-working tree}"
+echo "A/B: $size $op at c16, ${seconds} s bursts; old = ${revs[0]}, new = ${revs[1]:-working tree}"
 echo
 echo "| round | ops/s old -> new | p99 ms old -> new | node CPU ms/op old -> new | new / old CPU |"
 echo "|---:|---:|---:|---:|---:|"

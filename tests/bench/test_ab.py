@@ -24,6 +24,8 @@ def run(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     [
         ((), "usage"),
         (("--op", "delete", "HEAD"), "--op is get or put"),
+        (("--size", "3GB", "HEAD"), "--size is a number of bytes, KiB or MiB"),
+        (("--size",), "usage"),
         (("--rounds", "0", "HEAD"), "positive integers"),
         (("--seconds", "1.5", "HEAD"), "positive integers"),
         (("--frobnicate", "HEAD"), "usage"),
