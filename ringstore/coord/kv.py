@@ -493,7 +493,7 @@ class Coordinator:
             # The whole body fits in the record: no chunks, so none of the upload machinery.
             content = Content.from_bytes(bytes(head), **self._content_fields(meta))
             return content, [t.node for t in targets]
-        whole = blake3.blake3(head)
+        etag = _EtagOfChunks()
         chunker = Chunker(self.chunk_size)
         chunks: list[bytes] = []
         if self._upload_turns.value == 0:
@@ -509,25 +509,26 @@ class Coordinator:
                 async for chunk in receive:
                     chunks.append(await fan_out_chunks.send(chunk))
 
+        async def pass_on(done: Iterable[bytes]) -> None:
+            for chunk in done:
+                etag.add(chunk)
+                await send.send(chunk)
+
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(replicate)
                 async with send:
-                    for chunk in chunker.feed(head):
-                        await send.send(chunk)
+                    await pass_on(chunker.feed(head))
                     async for piece in pieces:
-                        whole.update(piece)
-                        for chunk in chunker.feed(piece):
-                            await send.send(chunk)
+                        await pass_on(chunker.feed(piece))
                     last = chunker.finish()
-                    if last is not None:
-                        await send.send(last)
+                    await pass_on([last] if last is not None else [])
             holders = await fan_out_chunks.finish()
         finally:
             fan_out_chunks.close()
         content = Content(
             size=chunker.total_bytes,
-            etag=whole.hexdigest(),
+            etag=etag.hexdigest(first_chunk_hash=chunks[0]),
             inline=None,
             chunks=tuple(chunks),
             **self._content_fields(meta),
@@ -818,6 +819,32 @@ class Coordinator:
         if self._extra_stats is not None:
             stats.update(self._extra_stats())
         return NodeInfo(self.node, self._version, stats)
+
+
+class _EtagOfChunks:
+    """The etag of a chunked value (hex BLAKE3 of all its bytes), from its chunks in order.
+
+    The etag of a value of one chunk (every upload of up to `chunk_size`) is that chunk's
+    hash, which replication computes anyway: the bytes are hashed once instead of twice. The
+    first chunk is kept until a second one shows that the whole must be hashed too.
+    """
+
+    def __init__(self) -> None:
+        self._first: bytes | None = None
+        self._hasher: blake3.blake3 | None = None
+
+    def add(self, chunk: bytes) -> None:
+        if self._hasher is not None:
+            self._hasher.update(chunk)
+        elif self._first is None:
+            self._first = chunk
+        else:
+            self._hasher = blake3.blake3(self._first)
+            self._hasher.update(chunk)
+            self._first = None
+
+    def hexdigest(self, first_chunk_hash: bytes) -> str:
+        return first_chunk_hash.hex() if self._hasher is None else self._hasher.hexdigest()
 
 
 class _ChunkFanOut:

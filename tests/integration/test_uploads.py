@@ -158,6 +158,18 @@ async def test_client_gone_mid_upload_leaves_no_object_and_only_sweepable_chunks
         assert await node.storage.missing_chunks(sent) == frozenset(sent)
 
 
+@pytest.mark.parametrize("size", [2000, CHUNK, CHUNK + 1, 3 * CHUNK + 5])
+async def test_etag_is_the_hash_of_the_whole_value_however_many_chunks(cluster3, size):
+    # One chunk's etag is that chunk's hash (computed once for both); from two on, the whole
+    # value is hashed as well. Pieces of 1000 bytes straddle every chunk boundary.
+    value = os.urandom(size)
+    node = cluster3.nodes["n1"]
+    await node.coordinator.put(b"b", b"k", TEXT, body_of(value, 1000), None, {"w": "3"})
+    content = (await node.coordinator.get(b"b", b"k", {"r": "3"})).object.siblings()[0]
+    assert len(content.chunks) == -(-size // CHUNK)
+    assert content.etag == blake3.blake3(value).hexdigest()
+
+
 async def test_replica_refuses_an_object_whose_chunks_it_lacks_and_names_them(cluster3):
     n1, n2 = cluster3.nodes["n1"], cluster3.nodes["n2"]
     held = os.urandom(CHUNK)
