@@ -705,7 +705,7 @@ class Coordinator:
         client = self._clients(node)
         for digest in sorted(missing.missing):
             data = await self._fetch_chunk(digest, sources)
-            await client.write_chunk(data, digest)
+            await client.write_chunk(data, digest, hashed=True)
         await client.merge(bucket, key, obj, lww)
 
     async def _fetch_chunk(self, digest: bytes, sources: Sequence[str]) -> bytes:
@@ -741,7 +741,7 @@ class Coordinator:
     async def _repair_chunk(self, node: str, data: bytes, digest: bytes) -> None:
         try:
             with trio.fail_after(CHUNK_CALL_TIMEOUT_S):
-                await self._clients(node).write_chunk(data, digest)
+                await self._clients(node).write_chunk(data, digest, hashed=True)
             self.stats.chunk_repairs += 1
         except (RingstoreError, trio.TooSlowError) as exc:
             log.warning("repairing chunk %s on %s failed: %s", digest.hex()[:12], node, exc)
@@ -892,7 +892,7 @@ class _ChunkFanOut:
                 async for digest, chunk in receive:
                     try:
                         with trio.fail_after(CHUNK_CALL_TIMEOUT_S):
-                            await self._owner._clients(node).write_chunk(chunk, digest)
+                            await self._owner._clients(node).write_chunk(chunk, digest, hashed=True)
                     except (RingstoreError, trio.TooSlowError) as exc:
                         log.warning("chunk %s to %s failed: %s", digest.hex()[:12], node, exc)
                         self._drop(node)

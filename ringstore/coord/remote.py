@@ -189,7 +189,8 @@ class RemoteReplica:
         reply = await self._request("missing_chunks", {"h": list(hashes)}, RECORD_CALL_TIMEOUT_S)
         return frozenset(check_hashes(_field(reply, "missing", list)))
 
-    async def write_chunk(self, data: bytes, expected: bytes) -> None:
+    async def write_chunk(self, data: bytes, expected: bytes, *, hashed: bool = False) -> None:
+        # `hashed` says nothing about the bytes the peer will receive: it verifies them.
         try:
             await self._request("write_chunk", {"d": data, "h": expected}, CHUNK_CALL_TIMEOUT_S)
         except RemoteCallError as exc:

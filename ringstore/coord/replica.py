@@ -70,7 +70,10 @@ class ReplicaClient(Protocol):
 
     async def missing_chunks(self, hashes: Sequence[bytes]) -> frozenset[bytes]: ...
 
-    async def write_chunk(self, data: bytes, expected: bytes) -> None: ...
+    async def write_chunk(self, data: bytes, expected: bytes, *, hashed: bool = False) -> None:
+        """Store a chunk on this replica. `hashed`: `expected` was computed from (or checked
+        against) these very bytes by the caller, so a local replica does not hash them again;
+        a remote one verifies what crossed the network whatever the caller says."""
 
     async def read_chunk(self, chunk_hash: bytes) -> bytes: ...
 
@@ -231,8 +234,8 @@ class LocalReplica:
     async def missing_chunks(self, hashes: Sequence[bytes]) -> frozenset[bytes]:
         return await self.storage.missing_chunks(hashes)
 
-    async def write_chunk(self, data: bytes, expected: bytes) -> None:
-        await self.storage.write_chunk(data, expected)
+    async def write_chunk(self, data: bytes, expected: bytes, *, hashed: bool = False) -> None:
+        await self.storage.write_chunk(data, expected, hashed=hashed)
 
     async def read_chunk(self, chunk_hash: bytes) -> bytes:
         return await self.storage.read_chunk(chunk_hash)

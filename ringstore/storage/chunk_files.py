@@ -43,26 +43,28 @@ def fsync_dir(directory: Path) -> None:
 class Upload:
     """A chunk being received into a temporary file (from `ChunkFiles.start_upload`)."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, hashing: bool = True) -> None:
         self.tmp_path = tmp_path
         self.fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        self.hasher = chunk_hasher()
+        # None when the writer already knows the hash of what it writes.
+        self.hasher = chunk_hasher() if hashing else None
         self.size = 0
         self.published = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.hasher.update(data)
+        if self.hasher is not None:
+            self.hasher.update(data)
         view = memoryview(data).cast("B")
         self.size += len(view)
         while view:
             view = view[os.write(self.fd, view) :]
 
-    def finish(self) -> bytes:
-        """Make the bytes durable and return their hash."""
+    def finish(self) -> bytes | None:
+        """Make the bytes durable and return their hash (None if not hashing)."""
         os.fsync(self.fd)
         os.close(self.fd)
         self.fd = -1
-        return self.hasher.digest()
+        return None if self.hasher is None else self.hasher.digest()
 
     def discard(self) -> None:
         if self.fd >= 0:
@@ -96,8 +98,8 @@ class ChunkFiles:
         name = chunk.hex()
         return self.chunks_dir / name[:2] / name[2:4] / name
 
-    def start_upload(self) -> Upload:
-        return Upload(self.tmp_dir / f"{secrets.token_hex(8)}.tmp")
+    def start_upload(self, hashing: bool = True) -> Upload:
+        return Upload(self.tmp_dir / f"{secrets.token_hex(8)}.tmp", hashing)
 
     def publish(self, upload: Upload, chunk: bytes) -> None:
         """Move a finished upload to its final name, durably."""

@@ -39,6 +39,13 @@ DEFAULT_INLINE_MAX_BYTES = 16 * 1024  # one LMDB read serves small values
 DEFAULT_CHUNK_SIZE_BYTES = 1 << 20  # bounds the memory one transfer holds
 
 
+def check_hashed_write(data: object, expected: bytes | None) -> None:
+    """What `write_chunk(..., hashed=True)` requires: the whole chunk as immutable `bytes` (no
+    one can change them after they were hashed) and the hash they were found to have."""
+    if expected is None or type(data) is not bytes:
+        raise ValueError("write_chunk(hashed=True) takes the chunk as bytes and its expected hash")
+
+
 def check_name(bucket: bytes, key: bytes) -> None:
     """Raise `KeyTooLong` (a clear 400) for a bucket or key we cannot store."""
     if not isinstance(bucket, bytes) or not isinstance(key, bytes):
@@ -223,9 +230,16 @@ class StorageEngine(Protocol):
         for answers given without a task (a peer's GET)."""
 
     async def write_chunk(
-        self, data: bytes | AsyncIterator[bytes], expected: bytes | None = None
+        self,
+        data: bytes | AsyncIterator[bytes],
+        expected: bytes | None = None,
+        *,
+        hashed: bool = False,
     ) -> bytes:
-        """Store one chunk durably; return its hash. `ChunkCorrupt` if it is not `expected`."""
+        """Store one chunk durably; return its hash. `ChunkCorrupt` if it is not `expected`.
+
+        `hashed`: `expected` is the hash of these very `bytes`, computed or verified by the
+        caller, so they are stored without being hashed again (see `check_hashed_write`)."""
 
     async def missing_chunks(self, hashes: Sequence[bytes]) -> frozenset[bytes]: ...
 

@@ -91,6 +91,7 @@ from ringstore.storage.engine import (
     UpdateFn,
     check_chunk_hash,
     check_engine_params,
+    check_hashed_write,
     check_meta_name,
     check_name,
     check_partition,
@@ -227,8 +228,9 @@ def _prefix_successor(prefix: bytes) -> bytes | None:
     return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
-def _write_and_finish(upload: Upload, data: bytes | bytearray | memoryview) -> bytes:
-    """Write the whole chunk and make it durable; its hash (one worker-thread call)."""
+def _write_and_finish(upload: Upload, data: bytes | bytearray | memoryview) -> bytes | None:
+    """Write the whole chunk and make it durable; its hash, if the upload hashes (one
+    worker-thread call)."""
     upload.write(data)
     return upload.finish()
 
@@ -817,14 +819,19 @@ class LmdbStore:
         self,
         data: bytes | bytearray | memoryview | AsyncIterator[bytes],
         expected: bytes | None = None,
+        *,
+        hashed: bool = False,
     ) -> bytes:
         """Store one chunk durably and return its hash.
 
         `data` is the whole chunk or an async iterator of its pieces (written as they come,
         never joined). `ChunkTooLarge` past `chunk_size`; `ChunkCorrupt` if the bytes do not
-        hash to `expected`. Either way nothing is stored.
+        hash to `expected`. Either way nothing is stored. `hashed`: as in the engine protocol
+        (`storage.engine`), the bytes are written without hashing them again.
         """
         self._check_running()
+        if hashed:
+            check_hashed_write(data, expected)
         if expected is not None:
             check_chunk_hash(expected)
         whole = isinstance(data, bytes | bytearray | memoryview)
@@ -835,7 +842,7 @@ class LmdbStore:
         elif not hasattr(data, "__aiter__"):
             raise TypeError("write_chunk takes bytes or an async iterator of bytes")
         if whole and expected is not None:
-            return await self._write_known(data, expected)
+            return await self._write_known(data, expected, hashed)
         upload: Upload = await self._file(self._files.start_upload)
         try:
             if whole:
@@ -861,11 +868,13 @@ class LmdbStore:
                 with trio.CancelScope(shield=True):
                     await self._file(upload.discard, check=False)
 
-    async def _write_known(self, data: bytes | bytearray | memoryview, expected: bytes) -> bytes:
+    async def _write_known(
+        self, data: bytes | bytearray | memoryview, expected: bytes, hashed: bool
+    ) -> bytes:
         """`write_chunk` of whole bytes whose hash the caller names (every replication does).
 
-        The hash being known, its lock is taken first and the file is written, verified and
-        published in one worker-thread call instead of four.
+        The hash being known, its lock is taken first and the file is written, verified
+        (unless `hashed`) and published in one worker-thread call instead of four.
         """
         async with self._hash_lock(expected):
             # Shielded for the reason given in write_chunk.
@@ -873,7 +882,7 @@ class LmdbStore:
                 self._unsettled_files += 1
                 uploads: list[Upload] = []
                 try:
-                    digest = await self._file(self._store_whole, data, expected, uploads)
+                    digest = await self._file(self._store_whole, data, expected, hashed, uploads)
                 except BaseException:
                     if not (uploads and uploads[0].published):
                         self._unsettled_files -= 1
@@ -888,14 +897,18 @@ class LmdbStore:
         return expected
 
     def _store_whole(
-        self, data: bytes | bytearray | memoryview, expected: bytes, uploads: list[Upload]
+        self,
+        data: bytes | bytearray | memoryview,
+        expected: bytes,
+        hashed: bool,
+        uploads: list[Upload],
     ) -> bytes:
-        """Write an upload (appended to `uploads`); publish it if it hashes to `expected`,
-        else discard it. Returns the hash of the bytes."""
-        upload = self._files.start_upload()
+        """Write an upload (appended to `uploads`); publish it if it hashes to `expected` (or
+        the caller vouches that it does: `hashed`), else discard it. Returns the hash."""
+        upload = self._files.start_upload(hashing=not hashed)
         uploads.append(upload)
         try:
-            digest = _write_and_finish(upload, data)
+            digest = _write_and_finish(upload, data) or expected
             if digest == expected:
                 self._files.publish(upload, digest)
         finally:

@@ -38,6 +38,7 @@ from ringstore.storage.engine import (
     UpdateFn,
     check_chunk_hash,
     check_engine_params,
+    check_hashed_write,
     check_meta_name,
     check_name,
     check_partition,
@@ -406,15 +407,19 @@ class MemoryStore:
         self,
         data: bytes | bytearray | memoryview | AsyncIterator[bytes],
         expected: bytes | None = None,
+        *,
+        hashed: bool = False,
     ) -> bytes:
         self._check_running()
+        if hashed:
+            check_hashed_write(data, expected)
         if expected is not None:
             check_chunk_hash(expected)
         if isinstance(data, bytes | bytearray | memoryview):
             content = bytes(data)
             if len(content) > self.chunk_size:
                 raise ChunkTooLarge(len(content), self.chunk_size)
-            digest = chunk_hash(content)
+            digest = expected if hashed and expected is not None else chunk_hash(content)
             await self._checkpoint()
         elif hasattr(data, "__aiter__"):
             received = bytearray()

@@ -20,6 +20,7 @@ from ringstore.errors import (
     MissingChunks,
     StorageClosed,
 )
+from ringstore.storage import chunk_files, memory
 from ringstore.storage.engine import (
     AAE_SEGMENTS,
     DELETE,
@@ -341,6 +342,40 @@ async def test_expected_hash_mismatch_refused(engine):
         chunk_hash(b"some bytes"),
     }
     assert engine.statistics().chunks == 0
+
+
+async def test_hashed_write_stores_the_bytes_without_hashing_them_again(engine, monkeypatch):
+    data = random.Random(3).randbytes(engine.chunk_size)
+    digest = chunk_hash(data)
+
+    def no_hashing(*args: object) -> None:
+        raise AssertionError("hashed again")
+
+    monkeypatch.setattr(chunk_files, "chunk_hasher", no_hashing)
+    monkeypatch.setattr(memory, "chunk_hash", no_hashing)
+    assert await engine.write_chunk(data, digest, hashed=True) == digest
+    monkeypatch.undo()
+    assert await engine.read_chunk(digest) == data
+    assert engine.statistics().chunks == 1
+
+
+@pytest.mark.parametrize("given", ["bytearray", "memoryview", "pieces"])
+async def test_hashed_write_takes_only_bytes_with_their_hash(engine, given):
+    # Bytes that could change after they were hashed, or arrive later, are always verified.
+    data = {
+        "bytearray": lambda: bytearray(b"mutable"),
+        "memoryview": lambda: memoryview(b"a view"),
+        "pieces": lambda: pieces(b"some ", b"bytes"),
+    }[given]()
+    with pytest.raises(ValueError, match="hashed=True"):
+        await engine.write_chunk(data, fake_hash(1), hashed=True)
+    with pytest.raises(ValueError, match="hashed=True"):
+        await engine.write_chunk(b"bytes", None, hashed=True)
+    assert engine.statistics().chunks == 0
+    assert await engine.missing_chunks([fake_hash(1), chunk_hash(b"bytes")]) == {
+        fake_hash(1),
+        chunk_hash(b"bytes"),
+    }
 
 
 @pytest.mark.parametrize(
