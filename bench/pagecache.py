@@ -71,8 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         shutil.rmtree(directory)
     for name, ms in figures.items():
-        print(f"{name:10} {ms:7.3f} ms of CPU per MiB ({1000 / ms if ms else float('inf'):,.0f} MiB/s)")
-    print(f"new files / overwrite: {figures['new files'] / figures['overwrite']:.2f}")
+        rate = 1000 / max(ms, 1e-6)
+        print(f"{name:10} {ms:7.3f} ms of CPU per MiB ({rate:,.0f} MiB/s)")
+    ratio = figures["new files"] / max(figures["overwrite"], 1e-6)
+    print(f"new files / overwrite: {ratio:.2f}")
 
 
 if __name__ == "__main__":
