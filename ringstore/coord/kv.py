@@ -522,7 +522,8 @@ class Coordinator:
                     async for piece in pieces:
                         await pass_on(chunker.feed(piece))
                     last = chunker.finish()
-                    await pass_on([last] if last is not None else [])
+                    if last is not None:
+                        await pass_on([last])
             holders = await fan_out_chunks.finish()
         finally:
             fan_out_chunks.close()
