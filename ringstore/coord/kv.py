@@ -628,15 +628,16 @@ class Coordinator:
             core.add_result(t.node, t.primary, result)
             return core.enough()
 
-        if not core.enough():
-            await fan_out(
-                self.background,
-                others,
-                call,
-                on_outcome,
-                timeout_s=options.timeout_ms / 1000,
-                start=start,
-            )
+        # Every replica gets the version, even when the coordinator's own write already
+        # answers W and DW (w=1): they say when to answer, not where the value goes.
+        await fan_out(
+            self.background,
+            others,
+            call,
+            on_outcome,
+            timeout_s=options.timeout_ms / 1000,
+            start=start,
+        )
         answer = core.response() if core.enough() else core.timeout_response()
         if isinstance(answer, Failed):
             self.stats.quorum_failures += 1

@@ -42,6 +42,23 @@ async def test_put_w2_then_get_r2_from_every_node(cluster3, size):
         assert values == [value]
 
 
+@pytest.mark.parametrize("size", [10, 4096 * 2 + 3])
+@pytest.mark.parametrize("query", [{"w": "1", "dw": "1"}, {"w": "1", "dw": "0", "pw": "0"}])
+async def test_a_write_acknowledged_by_one_replica_still_reaches_all_n(cluster3, size, query):
+    """W and DW say when to answer, not how many replicas get the write (Riak sends to N)."""
+    value = os.urandom(size)
+    n1 = cluster3.nodes["n1"]
+    await n1.coordinator.put(b"b", b"k", TEXT, body_of(value, 1000), None, query)
+
+    async def everywhere() -> bool:
+        return all([await node.replica.get(b"b", b"k") is not None for node in cluster3.running()])
+
+    await cluster3.wait_for(everywhere)
+    for node in cluster3.running():
+        values, _ = await read_all(node, b"b", b"k", {"r": "1", "notfound_ok": "false"})
+        assert values == [value]
+
+
 async def test_one_node_down_quorum_two_works_three_fails_then_read_repair(cluster3):
     n1, n3 = cluster3.nodes["n1"], cluster3.nodes["n3"]
     await cluster3.stop_node("n2")
