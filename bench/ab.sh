@@ -106,8 +106,10 @@ burst() {  # name round -> "ops/s p99 cpu_ms_per_op"
     # shellcheck disable=SC2086
     before=$(cpu_ticks ${pids[$name]})
     # shellcheck disable=SC2086
+    # A seed per round: a round repeating an earlier one's values would store chunks the
+    # cluster already holds (one copy of equal chunks), a cost the other tree may not skip.
     "$python" -m bench --op "$op" --value-size "$size" "${keys[@]}" -c 16 -d "$seconds" \
-        --r 2 --w 2 ${nodes[$name]} -o "$work/$name.json" >/dev/null
+        --r 2 --w 2 --seed "$round" ${nodes[$name]} -o "$work/$name.json" >/dev/null
     # shellcheck disable=SC2086
     after=$(cpu_ticks ${pids[$name]})
     "$python" - "$work/$name.json" $((after - before)) "$(getconf CLK_TCK)" <<'EOF'

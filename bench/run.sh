@@ -65,15 +65,19 @@ read -r -a nodes < <("$python" -c 'import json, sys
 print(" ".join(node["http_url"] for node in json.load(open(sys.argv[1]))["nodes"]))' "$cluster_json")
 
 # cell KIND OP SIZE CONCURRENCY EXTRA-OPTIONS... -- URL...
+# Each cell draws its values with a seed of its own: with one seed, a cell would PUT the values
+# an earlier cell already stored, and the store keeps one copy of equal chunks.
+seed=0
 cell() {
     local kind=$1 op=$2 size=$3 concurrency=$4
     shift 4
     local options=()
     while [ "$1" != "--" ]; do options+=("$1"); shift; done
     shift
+    seed=$((seed + 1))
     echo "== $kind $op $size c$concurrency" >&2
     "$python" -m bench "$@" --op "$op" --value-size "$size" -c "$concurrency" -d "$duration" \
-        --r 2 --w 2 --timeout 30 --label "$kind $op $size c$concurrency" \
+        --r 2 --w 2 --timeout 30 --seed "$seed" --label "$kind $op $size c$concurrency" \
         -o "$reports/${kind}_${op}_${size}_c${concurrency}.json" "${options[@]}"
 }
 
