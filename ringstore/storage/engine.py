@@ -15,14 +15,14 @@ nursery (or `aclose`) stops them. Every write is acknowledged only once it is du
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import blake3
 
 from ringstore.core.hashing import RING_TOP, is_chunk_hash, key_position
-from ringstore.errors import BadRequest, KeyTooLong
+from ringstore.errors import BadRequest, ChunkTooLarge, KeyTooLong
 
 # LMDB's default maximum key is 511 bytes; an object key is partition (2) + bucket length (1)
 # + bucket + key, so these limits keep every key storable without hashing it.
@@ -44,6 +44,23 @@ def check_hashed_write(data: object, expected: bytes | None) -> None:
     one can change them after they were hashed) and the hash they were found to have."""
     if expected is None or type(data) is not bytes:
         raise ValueError("write_chunk(hashed=True) takes the chunk as bytes and its expected hash")
+
+
+def check_chunks_to_store(chunks: object, hashed: bool, chunk_size: int) -> Mapping[bytes, bytes]:
+    """What `update(..., chunks=, hashed=)` takes: hash -> that chunk's whole bytes, each within
+    `chunk_size` (as bytes when `hashed`: see `check_hashed_write`). Checked before any write."""
+    if not isinstance(chunks, Mapping):
+        raise TypeError("chunks is a mapping of chunk hash to the chunk's bytes")
+    for digest, data in chunks.items():
+        check_chunk_hash(digest)
+        if hashed:
+            check_hashed_write(data, digest)
+        elif not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"a chunk is bytes, not {type(data).__name__}")
+        size = memoryview(data).nbytes
+        if size > chunk_size:
+            raise ChunkTooLarge(size, chunk_size)
+    return chunks
 
 
 def check_name(bucket: bytes, key: bytes) -> None:
@@ -210,11 +227,25 @@ class StorageEngine(Protocol):
     async def aclose(self) -> None:
         """Stop `run` (after the batch being committed) and wait until the engine is closed."""
 
-    async def update(self, bucket: bytes, key: bytes, fn: UpdateFn) -> StoredRecord | None:
+    async def update(
+        self,
+        bucket: bytes,
+        key: bytes,
+        fn: UpdateFn,
+        *,
+        chunks: Mapping[bytes, bytes] | None = None,
+        hashed: bool = False,
+    ) -> StoredRecord | None:
         """Apply `fn` atomically and durably; return the record stored afterwards.
 
         Raises `MissingChunks` (naming them) and changes nothing if the new record names a
         chunk this engine does not hold.
+
+        `chunks` (hash -> bytes, `check_chunks_to_store`) are stored first, those not held
+        already, as `write_chunk(data, hash, hashed=hashed)` would; their rows commit with
+        the update or before it, never after. One call where a replica sent a value's chunk
+        with its version would make two commits. A chunk that fails (`ChunkCorrupt`) is not
+        stored and the update is not applied; others may have been stored.
         """
 
     async def put_record(

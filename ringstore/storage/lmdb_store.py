@@ -57,8 +57,8 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -90,6 +90,7 @@ from ringstore.storage.engine import (
     StoredRecord,
     UpdateFn,
     check_chunk_hash,
+    check_chunks_to_store,
     check_engine_params,
     check_hashed_write,
     check_meta_name,
@@ -548,6 +549,10 @@ class LmdbStore:
 
         A caller cancelled while waiting does not learn the outcome: the write may commit.
         """
+        return await self._outcome(await self._enqueue(apply))
+
+    async def _enqueue(self, apply: Callable[[_Writer], Any]) -> _WriteOp:
+        """Queue a write (`_outcome` waits for it). Writes are applied in the order queued."""
         self._check_running()
         assert self._write_send is not None
         op = _WriteOp(apply)
@@ -555,6 +560,10 @@ class LmdbStore:
             await self._write_send.send(op)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise StorageClosed(f"storage {self.path} closed") from None
+        return op
+
+    @staticmethod
+    async def _outcome(op: _WriteOp) -> Any:
         try:
             await op.done.wait()
         except trio.Cancelled:
@@ -625,11 +634,35 @@ class LmdbStore:
 
     # -- records ---------------------------------------------------------------------------
 
-    async def update(self, bucket: bytes, key: bytes, fn: UpdateFn) -> StoredRecord | None:
+    async def update(
+        self,
+        bucket: bytes,
+        key: bytes,
+        fn: UpdateFn,
+        *,
+        chunks: Mapping[bytes, bytes] | None = None,
+        hashed: bool = False,
+    ) -> StoredRecord | None:
         check_name(bucket, key)
         if not plain_callable(fn):
             raise TypeError("update needs a plain (not async) function of the current record")
-        return await self._submit(partial(self._apply_update, bucket=bucket, key=key, fn=fn))
+        apply = partial(self._apply_update, bucket=bucket, key=key, fn=fn)
+        if not chunks:
+            return await self._submit(apply)
+        check_chunks_to_store(chunks, hashed, self.chunk_size)
+        new = sorted(await self.missing_chunks(list(chunks)))
+        async with AsyncExitStack() as locks:
+            for chunk in new:  # in hash order, as no other holder takes two
+                await locks.enter_async_context(self._hash_lock(chunk))
+            # Shielded for the reason given in write_chunk.
+            with trio.CancelScope(shield=True):
+                rows = [await self._publish_known(chunks[c], c, hashed) for c in new]
+                # Queued after the rows, so applied in their commit or a later one: it sees
+                # them, and is durable only with them.
+                update = await self._enqueue(apply)
+                for row in rows:
+                    await self._row_committed(row)
+        return await self._outcome(update)
 
     async def put_record(
         self, bucket: bytes, key: bytes, record: bytes, chunks: Sequence[bytes]
@@ -879,22 +912,36 @@ class LmdbStore:
         async with self._hash_lock(expected):
             # Shielded for the reason given in write_chunk.
             with trio.CancelScope(shield=True):
-                self._unsettled_files += 1
-                uploads: list[Upload] = []
-                try:
-                    digest = await self._file(self._store_whole, data, expected, hashed, uploads)
-                except BaseException:
-                    if not (uploads and uploads[0].published):
-                        self._unsettled_files -= 1
-                    raise
-                if digest != expected:
-                    self._unsettled_files -= 1
-                    raise ChunkCorrupt(expected, f"the bytes received hash to {digest.hex()}")
-                await self._submit(
-                    partial(self._apply_register, chunk=expected, size=uploads[0].size)
-                )
-                self._unsettled_files -= 1
+                await self._row_committed(await self._publish_known(data, expected, hashed))
         return expected
+
+    async def _publish_known(
+        self, data: bytes | bytearray | memoryview, expected: bytes, hashed: bool
+    ) -> _WriteOp:
+        """Put the file in place durably and queue its row: the queued write.
+
+        For a caller holding the chunk's lock, shielded, that then waits for the row with
+        `_row_committed`. `ChunkCorrupt`, and nothing stored, if the bytes are not `expected`.
+        """
+        self._unsettled_files += 1
+        uploads: list[Upload] = []
+        try:
+            digest = await self._file(self._store_whole, data, expected, hashed, uploads)
+        except BaseException:
+            if not (uploads and uploads[0].published):
+                self._unsettled_files -= 1
+            raise
+        if digest != expected:
+            self._unsettled_files -= 1
+            raise ChunkCorrupt(expected, f"the bytes received hash to {digest.hex()}")
+        return await self._enqueue(
+            partial(self._apply_register, chunk=expected, size=uploads[0].size)
+        )
+
+    async def _row_committed(self, row: _WriteOp) -> None:
+        # A row that failed to commit leaves its file unsettled: the next start adopts it.
+        await self._outcome(row)
+        self._unsettled_files -= 1
 
     def _store_whole(
         self,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import copy
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -37,6 +37,7 @@ from ringstore.storage.engine import (
     StoredRecord,
     UpdateFn,
     check_chunk_hash,
+    check_chunks_to_store,
     check_engine_params,
     check_hashed_write,
     check_meta_name,
@@ -258,10 +259,23 @@ class MemoryStore:
 
     # -- records ---------------------------------------------------------------------------
 
-    async def update(self, bucket: bytes, key: bytes, fn: UpdateFn) -> StoredRecord | None:
+    async def update(
+        self,
+        bucket: bytes,
+        key: bytes,
+        fn: UpdateFn,
+        *,
+        chunks: Mapping[bytes, bytes] | None = None,
+        hashed: bool = False,
+    ) -> StoredRecord | None:
         check_name(bucket, key)
         if not plain_callable(fn):
             raise TypeError("update needs a plain (not async) function of the current record")
+        if chunks:
+            check_chunks_to_store(chunks, hashed, self.chunk_size)
+            # Each chunk durable before the update is queued: the order the contract asks for.
+            for chunk in sorted(await self.missing_chunks(list(chunks))):
+                await self.write_chunk(chunks[chunk], chunk, hashed=hashed)
         return await self._submit(lambda now: self._apply_update(now, bucket, key, fn))
 
     async def put_record(

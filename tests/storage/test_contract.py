@@ -359,6 +359,83 @@ async def test_hashed_write_stores_the_bytes_without_hashing_them_again(engine, 
     assert engine.statistics().chunks == 1
 
 
+def naming(*chunks: bytes):
+    """An update function storing a record that names `chunks`."""
+    return lambda _current: RecordWrite(b"names chunks", chunks)
+
+
+async def test_update_with_chunks_stores_them_and_the_record_that_names_them(engines):
+    engine = await engines.start()
+    held, new = b"held already" * 10, random.Random(5).randbytes(engine.chunk_size)
+    await engine.write_chunk(held)
+    chunks = {chunk_hash(held): held, chunk_hash(new): new}
+    stored = await engine.update(b"b", b"k", naming(*chunks), chunks=chunks)
+    assert stored == StoredRecord(b"b", b"k", b"names chunks", tuple(chunks))
+    stats = engine.statistics()
+    assert (stats.chunks, stats.chunk_bytes) == (2, len(held) + len(new))
+    engine = await engines.reopen(engine)
+    assert await engine.get_record(b"b", b"k") == stored
+    assert [await engine.read_chunk(c) for c in chunks] == [held, new]
+
+
+async def test_update_with_hashed_chunks_does_not_hash_them_again(engine, monkeypatch):
+    data = random.Random(6).randbytes(engine.chunk_size)
+    digest = chunk_hash(data)
+
+    def no_hashing(*args: object) -> None:
+        raise AssertionError("hashed again")
+
+    monkeypatch.setattr(chunk_files, "chunk_hasher", no_hashing)
+    monkeypatch.setattr(memory, "chunk_hash", no_hashing)
+    await engine.update(b"b", b"k", naming(digest), chunks={digest: data}, hashed=True)
+    monkeypatch.undo()
+    assert await engine.read_chunk(digest) == data
+
+
+async def test_update_with_a_corrupt_chunk_changes_nothing(engine):
+    await engine.put_record(b"b", b"k", b"before", [])
+    good, bad = b"good bytes", b"bad bytes"
+    chunks = {chunk_hash(good): good, fake_hash(1): bad}
+    with pytest.raises(ChunkCorrupt) as caught:
+        await engine.update(b"b", b"k", naming(*chunks), chunks=chunks)
+    assert caught.value.chunk_hash == fake_hash(1)
+    assert (await engine.get_record(b"b", b"k")).record == b"before"
+    assert fake_hash(1) in await engine.missing_chunks([fake_hash(1)])
+    assert engine.statistics().objects == 1
+
+
+@pytest.mark.parametrize(
+    ("chunks", "hashed", "error"),
+    [
+        ([(fake_hash(1), b"x")], False, TypeError),
+        ({b"short": b"x"}, False, BadRequest),
+        ({fake_hash(1): "text"}, False, TypeError),
+        ({chunk_hash(b"x"): bytearray(b"x")}, True, ValueError),
+        ({chunk_hash(b"ok"): b"ok", chunk_hash(b"x" * 65): b"x" * 65}, False, ChunkTooLarge),
+    ],
+)
+async def test_update_refuses_bad_chunks_before_writing_anything(engines, chunks, hashed, error):
+    engine = await engines.start(chunk_size=64)
+    with pytest.raises(error):
+        await engine.update(b"b", b"k", naming(fake_hash(1)), chunks=chunks, hashed=hashed)
+    assert await engine.get_record(b"b", b"k") is None
+    assert engine.statistics().chunks == 0
+
+
+async def test_concurrent_updates_bringing_the_same_chunk_store_it_once(engine):
+    data = b"shared" * 40
+    digest = chunk_hash(data)
+    async with trio.open_nursery() as nursery:
+        for i in range(8):
+            key = b"k%d" % i
+            nursery.start_soon(
+                functools.partial(engine.update, b"b", key, naming(digest), chunks={digest: data})
+            )
+    assert [(await engine.get_record(b"b", b"k%d" % i)).chunks for i in range(8)] == [(digest,)] * 8
+    stats = engine.statistics()
+    assert (stats.objects, stats.chunks, stats.chunk_bytes) == (8, 1, len(data))
+
+
 @pytest.mark.parametrize("given", ["bytearray", "memoryview", "pieces"])
 async def test_hashed_write_takes_only_bytes_with_their_hash(engine, given):
     # Bytes that could change after they were hashed, or arrive later, are always verified.
