@@ -39,9 +39,10 @@ async def fan_out(
     `on_outcome` sees every outcome, early or late (the pure core decides); it returns True
     once the request can be answered. Returns False if neither that nor the last answer
     came within `timeout_s`. The calls go on after the return, each bounded by `timeout_s`,
-    and `on_all_done()` is called after the last of them; the awaitable it may return (read
-    repair) then runs in the background. `known` are outcomes the caller already has (this
-    node's own replica, read without waiting): they count first, and cost no task.
+    and `on_all_done()` is called after the last of them (at once if there are none); the
+    awaitable it may return (read repair) then runs in the background. `known` are outcomes
+    the caller already has (this node's own replica, read without waiting): they count
+    first, and cost no task.
 
     `start(target, deliver, timeout_s)`, if given, is tried first for each target: True
     means it started the target's call without a task and will `deliver(outcome)` exactly
@@ -63,12 +64,23 @@ async def fan_out(
         pending -= 1
         if pending == 0:
             enough.set()
-            if on_all_done is not None:
-                try:
-                    return on_all_done()
-                except Exception:
-                    log.exception("background work after a request failed")
+            return all_done()
         return None
+
+    def all_done() -> Awaitable[None] | None:
+        if on_all_done is not None:
+            try:
+                return on_all_done()
+            except Exception:
+                log.exception("background work after a request failed")
+        return None
+
+    def in_background(work: Awaitable[None] | None) -> None:
+        if work is not None:
+            try:
+                background.start_soon(_run_in_background, work)
+            except RuntimeError:  # the node is stopping: its background nursery is closed
+                getattr(work, "close", lambda: None)()
 
     def deliver(outcome: Outcome[T]) -> None:
         try:
@@ -76,11 +88,7 @@ async def fan_out(
         except Exception:
             log.exception("counting a replica's answer failed")
             return
-        if work is not None:
-            try:
-                background.start_soon(_run_in_background, work)
-            except RuntimeError:  # the node is stopping: its background nursery is closed
-                getattr(work, "close", lambda: None)()
+        in_background(work)
 
     async def one(target: Target) -> None:
         outcome: Outcome[T] = Outcome(target, None, trio.TooSlowError())
@@ -103,8 +111,11 @@ async def fan_out(
             continue
         if not started:
             background.start_soon(one, target)
-    if not targets or enough.is_set():
+    if not targets:
+        in_background(all_done())
         return enough.is_set()
+    if enough.is_set():
+        return True
     with trio.CancelScope(deadline=deadline):
         await enough.wait()
     return enough.is_set()

@@ -2,10 +2,11 @@
 
 Any node coordinates any request. A get asks the key's N replicas for the object record,
 answers at R (the pure `GetCore` decides) and read-repairs the stale replicas after
-answering. A put cuts the body into chunks as it arrives and streams each chunk to the N
-replicas, then one replica coordinates the new version (a new dot), the others merge it,
-and the client gets its answer at W (`PutCore`). Values stream back chunk by chunk from the
-nearest replica holding a verified copy.
+answering. A put of a value larger than one chunk cuts the body into chunks as it arrives
+and streams each chunk to the N replicas; then one replica coordinates the new version (a
+new dot), the others merge it, and the client gets its answer at W (`PutCore`). A value of
+one chunk is read whole and its chunk travels with the version, in the same calls. Values
+stream back chunk by chunk from the nearest replica holding a verified copy.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import trio
 
 from ringstore.coord.api import BodyCheck, GetResult, NodeInfo, PutResult, WriteMeta
 from ringstore.coord.fanout import Outcome, fan_out
-from ringstore.coord.replica import LocalReplica, ReplicaClient
+from ringstore.coord.replica import Chunks, LocalReplica, ReplicaClient
 from ringstore.core import versions
 from ringstore.core.chunking import Chunker
 from ringstore.core.hashing import chunk_hash
@@ -422,12 +423,21 @@ class Coordinator:
         options = _options(props, query, "put")
         vv = self._decode_context(bucket, key, context)
         targets = self._writable_targets(bucket, key, options)
-        content, holders = await self._receive_value(
+        content, holders, attached = await self._receive_value(
             meta, body, targets, max(options.w, options.dw, 1)
         )
-        if check is not None:
-            check.verify()
-        obj = await self._coordinated_put(bucket, key, content, vv, options, props, holders)
+        # A value held whole for its replicas keeps its upload turn until all have answered.
+        given_back = self._upload_turns.release if attached else None
+        try:
+            if check is not None:
+                check.verify()
+        except BaseException:
+            if given_back is not None:
+                given_back()
+            raise
+        obj = await self._coordinated_put(
+            bucket, key, content, vv, options, props, holders, attached, given_back
+        )
         self.stats.puts += 1
         self.stats.record(self.stats.put_times_us, int((trio.current_time() - started) * 1e6))
         if not options.returnbody:
@@ -477,11 +487,15 @@ class Coordinator:
         body: AsyncIterator[bytes],
         targets: Sequence[Target],
         needed: int,
-    ) -> tuple[Content, list[str]]:
-        """Read the body: small values inline, large ones chunked and streamed to the replicas.
+    ) -> tuple[Content, list[str], Chunks | None]:
+        """Read the body: small values inline, larger ones as chunks.
 
-        Returns the content and the replicas that hold every chunk of it (every target for
-        an inline value): the ones that may coordinate the new version.
+        Returns the content, the replicas that hold every chunk of it (the ones that may
+        coordinate the new version), and the chunks to send with the version. A value of one
+        chunk is read whole, under an upload turn the caller gives back: its chunk goes to
+        every replica with the version (one call and one commit on each, where a chunk of its
+        own costs two), so all targets count as holders. A larger value is streamed to the
+        replicas chunk by chunk as it arrives and is not held whole.
         """
         pieces = aiter(body)
         head = bytearray()
@@ -492,13 +506,31 @@ class Coordinator:
         else:
             # The whole body fits in the record: no chunks, so none of the upload machinery.
             content = Content.from_bytes(bytes(head), **self._content_fields(meta))
-            return content, [t.node for t in targets]
-        etag = _EtagOfChunks()
-        chunker = Chunker(self.chunk_size)
-        chunks: list[bytes] = []
+            return content, [t.node for t in targets], None
         if self._upload_turns.value == 0:
             self.stats.uploads_waited += 1
         await self._upload_turns.acquire()
+        try:
+            while len(head) <= self.chunk_size:
+                piece = await anext(pieces, None)
+                if piece is None:
+                    data = bytes(head)
+                    digest = chunk_hash(data)
+                    content = Content(
+                        size=len(data),
+                        etag=digest.hex(),
+                        inline=None,
+                        chunks=(digest,),
+                        **self._content_fields(meta),
+                    )
+                    return content, [t.node for t in targets], {digest: data}
+                head += piece
+        except BaseException:
+            self._upload_turns.release()
+            raise
+        etag = _EtagOfChunks()
+        chunker = Chunker(self.chunk_size)
+        chunks: list[bytes] = []
         fan_out_chunks = _ChunkFanOut(
             self, [t.node for t in targets], needed, when_done=self._upload_turns.release
         )
@@ -534,7 +566,7 @@ class Coordinator:
             chunks=tuple(chunks),
             **self._content_fields(meta),
         )
-        return content, holders
+        return content, holders, None
 
     def _content_fields(self, meta: WriteMeta) -> dict[str, Any]:
         """A new value's Content fields besides its bytes, stamped now (the body is in)."""
@@ -556,22 +588,33 @@ class Coordinator:
         options: RequestOptions,
         props: BucketProps,
         holders: Sequence[str],
+        attached: Chunks | None = None,
+        when_replicated: Callable[[], None] | None = None,
     ) -> Object:
         """One replica makes the new version; the others merge it; answer at W/DW/PW.
 
         The coordinating replica is one that holds every chunk (this node first when it is
         one); if it fails, the next one tries. Replicas that fell behind during the upload
-        get the version too, and the chunks they lack with it (`_push_object`).
+        get the version too, and the chunks they lack with it (`_push_object`). `attached`
+        chunks go with the version to every replica (`_receive_value`). `when_replicated` is
+        called once: after the last replica answered, or as soon as the put fails before
+        any was sent the version.
         """
-        targets = self._writable_targets(bucket, key, options)
-        by_node = {t.node: t for t in targets}
-        candidates = [by_node[n] for n in self.nearest_first(holders) if n in by_node]
-        if not candidates:
-            raise QuorumError("w", 0, options.w, "no replica holds the value")
-        lww = props.last_write_wins
-        new, coordinator = await self._coordinate(
-            bucket, key, content, context, lww, candidates, options.timeout_ms / 1000
-        )
+        replicating = False
+        try:
+            targets = self._writable_targets(bucket, key, options)
+            by_node = {t.node: t for t in targets}
+            candidates = [by_node[n] for n in self.nearest_first(holders) if n in by_node]
+            if not candidates:
+                raise QuorumError("w", 0, options.w, "no replica holds the value")
+            lww = props.last_write_wins
+            new, coordinator = await self._coordinate(
+                bucket, key, content, context, lww, candidates, options.timeout_ms / 1000, attached
+            )
+            replicating = True
+        finally:
+            if not replicating and when_replicated is not None:
+                when_replicated()
         core = PutCore(
             options.n,
             options.w,
@@ -584,7 +627,7 @@ class Coordinator:
         sources = [coordinator.node, *(n for n in holders if n != coordinator.node)]
 
         async def call(target: Target) -> None:
-            await self._push_object(target.node, bucket, key, new, sources, lww)
+            await self._push_object(target.node, bucket, key, new, sources, lww, attached)
 
         def start(
             target: Target, deliver: Callable[[Outcome[None]], None], timeout_s: float
@@ -603,7 +646,9 @@ class Coordinator:
                 deliver(Outcome(target, None, error))
 
             client = self._clients(target.node)
-            return client.start_merge(bucket, key, new, lww, on_merged, timeout_s=timeout_s)
+            return client.start_merge(
+                bucket, key, new, lww, on_merged, timeout_s=timeout_s, chunks=attached
+            )
 
         async def catch_up(
             target: Target,
@@ -636,6 +681,7 @@ class Coordinator:
             call,
             on_outcome,
             timeout_s=options.timeout_ms / 1000,
+            on_all_done=when_replicated,
             start=start,
         )
         answer = core.response() if core.enough() else core.timeout_response()
@@ -653,6 +699,7 @@ class Coordinator:
         lww: bool,
         candidates: Sequence[Target],
         timeout_s: float,
+        attached: Chunks | None,
     ) -> tuple[Object, Target]:
         """Have the first candidate that can make the new version make it.
 
@@ -664,7 +711,7 @@ class Coordinator:
             for candidate in candidates:
                 try:
                     new = await self._clients(candidate.node).coordinate_put(
-                        bucket, key, content, context, lww
+                        bucket, key, content, context, lww, chunks=attached
                     )
                 except RingstoreError as exc:
                     if isinstance(exc, BadRequest):
@@ -683,13 +730,15 @@ class Coordinator:
         obj: Object,
         sources: Sequence[str],
         lww: bool,
+        attached: Chunks | None = None,
     ) -> None:
-        """Merge `obj` into `node`'s replica; send it the chunks it lacks first if needed.
+        """Merge `obj` into `node`'s replica (with `attached` chunks, if any); send it the
+        chunks it lacks first if needed.
 
         The offer/missing/send exchange of replication, read repair and handoff.
         """
         try:
-            await self._clients(node).merge(bucket, key, obj, lww)
+            await self._clients(node).merge(bucket, key, obj, lww, chunks=attached)
         except MissingChunks as missing:
             await self._push_chunks_and_merge(node, bucket, key, obj, sources, lww, missing)
 

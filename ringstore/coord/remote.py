@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from ringstore.coord.replica import LocalReplica, OnMerged, OnRecord
+from ringstore.coord.replica import Chunks, LocalReplica, OnMerged, OnRecord
 from ringstore.core.hashing import is_chunk_hash
 from ringstore.core.versions import (
     Content,
@@ -48,9 +48,39 @@ def _field(body: Body, name: str, kind: type | tuple[type, ...]) -> Any:
     return value
 
 
-def _quiet_merge_body(bucket: bytes, key: bytes, obj: Object, lww: bool) -> Body:
+def _quiet_merge_body(
+    bucket: bytes, key: bytes, obj: Object, lww: bool, chunks: Chunks | None
+) -> Body:
     # "quiet": the replica answers without its merged record, which nobody here reads.
-    return {"b": bucket, "k": key, "o": obj.encode(), "lww": lww, "quiet": True}
+    return _with_chunks(
+        {"b": bucket, "k": key, "o": obj.encode(), "lww": lww, "quiet": True}, chunks
+    )
+
+
+def _with_chunks(body: Body, chunks: Chunks | None) -> Body:
+    if chunks:
+        body["ch"] = [[digest, data] for digest, data in chunks.items()]
+    return body
+
+
+def _call_timeout_s(chunks: Chunks | None) -> float:
+    return CHUNK_CALL_TIMEOUT_S if chunks else RECORD_CALL_TIMEOUT_S
+
+
+def _chunks_from_wire(body: Body) -> Chunks | None:
+    """The chunks a version came with ("ch": [[hash, bytes], ...]), verified when stored."""
+    items = body.get("ch")
+    if items is None:
+        return None
+    if not isinstance(items, list) or not all(
+        isinstance(item, list)
+        and len(item) == 2
+        and is_chunk_hash(item[0])
+        and isinstance(item[1], bytes)
+        for item in items
+    ):
+        raise ProtocolError("field 'ch' is not a list of [chunk hash, bytes]")
+    return dict(items)
 
 
 def _record_of(reply: Body) -> bytes | None:
@@ -98,16 +128,17 @@ class RemoteReplica:
         body: Body,
         timeout_s: float,
         on_reply: Callable[[Body | None, Exception | None], None],
+        bound_s: float = RECORD_CALL_TIMEOUT_S,
     ) -> bool:
-        """A record call without a task waiting for it (PeerService.start_call), if one can
-        start now; never longer than a record call's own bound."""
+        """A call without a task waiting for it (PeerService.start_call), if one can start
+        now; never longer than `bound_s`, the call's own bound."""
         if self._start_call is None:
             return False
         return self._start_call(
             self.node,
             "replica." + method,
             body,
-            timeout_s=min(timeout_s, RECORD_CALL_TIMEOUT_S),
+            timeout_s=min(timeout_s, bound_s),
             on_reply=on_reply,
         )
 
@@ -142,6 +173,8 @@ class RemoteReplica:
         content: Content,
         context: VersionVector | None,
         lww: bool,
+        *,
+        chunks: Chunks | None = None,
     ) -> Object:
         body = {
             "b": bucket,
@@ -150,7 +183,9 @@ class RemoteReplica:
             "ctx": _vv_to_wire(context),
             "lww": lww,
         }
-        reply = await self._request("coordinate_put", body, RECORD_CALL_TIMEOUT_S)
+        reply = await self._request(
+            "coordinate_put", _with_chunks(body, chunks), _call_timeout_s(chunks)
+        )
         _raise_missing(reply)
         return Object.decode(_field(reply, "o", bytes))
 
@@ -160,9 +195,11 @@ class RemoteReplica:
         _raise_missing(reply)
         return Object.decode(_field(reply, "o", bytes))
 
-    async def merge(self, bucket: bytes, key: bytes, obj: Object, lww: bool) -> None:
-        body = _quiet_merge_body(bucket, key, obj, lww)
-        _raise_missing(await self._request("merge_put", body, RECORD_CALL_TIMEOUT_S))
+    async def merge(
+        self, bucket: bytes, key: bytes, obj: Object, lww: bool, *, chunks: Chunks | None = None
+    ) -> None:
+        body = _quiet_merge_body(bucket, key, obj, lww, chunks)
+        _raise_missing(await self._request("merge_put", body, _call_timeout_s(chunks)))
 
     def start_merge(
         self,
@@ -173,6 +210,7 @@ class RemoteReplica:
         on_merged: OnMerged,
         *,
         timeout_s: float,
+        chunks: Chunks | None = None,
     ) -> bool:
         def replied(reply: Body | None, error: Exception | None) -> None:
             if reply is not None:
@@ -182,8 +220,8 @@ class RemoteReplica:
                     error = exc
             on_merged(error)
 
-        body = _quiet_merge_body(bucket, key, obj, lww)
-        return self._start("merge_put", body, timeout_s, replied)
+        body = _quiet_merge_body(bucket, key, obj, lww, chunks)
+        return self._start("merge_put", body, timeout_s, replied, _call_timeout_s(chunks))
 
     async def missing_chunks(self, hashes: Sequence[bytes]) -> frozenset[bytes]:
         reply = await self._request("missing_chunks", {"h": list(hashes)}, RECORD_CALL_TIMEOUT_S)
@@ -250,6 +288,7 @@ def replica_handlers(replica: LocalReplica) -> dict[str, Handler]:
                 content,
                 _vv_from_wire(body.get("ctx")),
                 bool(body.get("lww")),
+                chunks=_chunks_from_wire(body),
             )
         except MissingChunks as exc:
             return {"missing": sorted(exc.missing)}
@@ -262,7 +301,11 @@ def replica_handlers(replica: LocalReplica) -> dict[str, Handler]:
             raise BadRequest(f"bad object from {peer}: {exc}") from None
         try:
             _, record = await replica.merge_put_record(
-                _field(body, "b", bytes), _field(body, "k", bytes), incoming, bool(body.get("lww"))
+                _field(body, "b", bytes),
+                _field(body, "k", bytes),
+                incoming,
+                bool(body.get("lww")),
+                chunks=_chunks_from_wire(body),
             )
         except MissingChunks as exc:
             return {"missing": sorted(exc.missing)}

@@ -7,7 +7,7 @@ protocol, served on the far side by `replica_handlers`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import trio
@@ -21,6 +21,9 @@ from ringstore.storage.engine import RecordWrite, StorageEngine, StoredRecord
 OnRecord = Callable[[bytes | None, Exception | None], None]
 # How a merge started without a task reports back: None once merged, else the error.
 OnMerged = Callable[[Exception | None], None]
+# Chunks sent along with a version, hash -> bytes, for a replica that may lack them: the hash
+# computed (or checked) by the sender from these very bytes. A remote replica verifies them.
+Chunks = Mapping[bytes, bytes]
 
 
 class ReplicaClient(Protocol):
@@ -46,12 +49,19 @@ class ReplicaClient(Protocol):
         content: Content,
         context: VersionVector | None,
         lww: bool,
-    ) -> Object: ...
+        *,
+        chunks: Chunks | None = None,
+    ) -> Object:
+        """Make the new version on this replica. `chunks`: the value's chunks, stored with it
+        (one commit) where missing: a small chunked value travels with its version."""
 
     async def merge_put(self, bucket: bytes, key: bytes, obj: Object, lww: bool) -> Object: ...
 
-    async def merge(self, bucket: bytes, key: bytes, obj: Object, lww: bool) -> None:
-        """`merge_put` for a caller that does not need the merged object back."""
+    async def merge(
+        self, bucket: bytes, key: bytes, obj: Object, lww: bool, *, chunks: Chunks | None = None
+    ) -> None:
+        """`merge_put` for a caller that does not need the merged object back; `chunks` as
+        for `coordinate_put`."""
 
     def start_merge(
         self,
@@ -62,6 +72,7 @@ class ReplicaClient(Protocol):
         on_merged: OnMerged,
         *,
         timeout_s: float,
+        chunks: Chunks | None = None,
     ) -> bool:
         """`merge` without a task waiting for it, if it can start at once: then, exactly
         once, `on_merged(None)` or `on_merged(error)` (MissingChunks as `merge` raises it),
@@ -162,9 +173,13 @@ class LocalReplica:
         content: Content,
         context: VersionVector | None,
         lww: bool,
+        *,
+        chunks: Chunks | None = None,
     ) -> Object:
         """Make the new version here (a new dot of this node's actor) and store it."""
-        obj, _ = await self.coordinate_put_record(bucket, key, content, context, lww)
+        obj, _ = await self.coordinate_put_record(
+            bucket, key, content, context, lww, chunks=chunks, hashed=True
+        )
         return obj
 
     async def coordinate_put_record(
@@ -174,8 +189,13 @@ class LocalReplica:
         content: Content,
         context: VersionVector | None,
         lww: bool,
+        *,
+        chunks: Chunks | None = None,
+        hashed: bool = False,
     ) -> tuple[Object, bytes]:
-        """`coordinate_put`, with the stored record's bytes too (what a peer is sent)."""
+        """`coordinate_put`, with the stored record's bytes too (what a peer is sent).
+
+        `hashed`: as for `StorageEngine.update` (False for chunks that came from a peer)."""
         key_epoch = await self._key_epochs.next()
         made: list[Object | None] = [None]
 
@@ -185,7 +205,7 @@ class LocalReplica:
             )
             return _write(made[0])
 
-        stored = await self.storage.update(bucket, key, apply)
+        stored = await self.storage.update(bucket, key, apply, chunks=chunks, hashed=hashed)
         # The object just made is what was stored: no need to decode the record again.
         assert stored is not None and made[0] is not None
         return made[0], stored.record
@@ -195,8 +215,10 @@ class LocalReplica:
         merged, _ = await self.merge_put_record(bucket, key, obj, lww)
         return merged
 
-    async def merge(self, bucket: bytes, key: bytes, obj: Object, lww: bool) -> None:
-        await self.merge_put_record(bucket, key, obj, lww)
+    async def merge(
+        self, bucket: bytes, key: bytes, obj: Object, lww: bool, *, chunks: Chunks | None = None
+    ) -> None:
+        await self.merge_put_record(bucket, key, obj, lww, chunks=chunks, hashed=True)
 
     def start_merge(
         self,
@@ -207,14 +229,23 @@ class LocalReplica:
         on_merged: OnMerged,
         *,
         timeout_s: float,
+        chunks: Chunks | None = None,
     ) -> bool:
         """A local merge waits for its commit: it needs a task (`merge`)."""
         return False
 
     async def merge_put_record(
-        self, bucket: bytes, key: bytes, obj: Object, lww: bool
+        self,
+        bucket: bytes,
+        key: bytes,
+        obj: Object,
+        lww: bool,
+        *,
+        chunks: Chunks | None = None,
+        hashed: bool = False,
     ) -> tuple[Object, bytes]:
-        """`merge_put`, with the stored record's bytes too (what a peer is sent)."""
+        """`merge_put`, with the stored record's bytes too (what a peer is sent); `chunks`
+        and `hashed` as for `coordinate_put_record`."""
         result: list[Object | None] = [None]
 
         def apply(stored: StoredRecord | None) -> RecordWrite | None:
@@ -226,7 +257,7 @@ class LocalReplica:
             result[0] = merged
             return _write(merged)
 
-        stored = await self.storage.update(bucket, key, apply)
+        stored = await self.storage.update(bucket, key, apply, chunks=chunks, hashed=hashed)
         # What apply kept or made is what is stored: no need to decode the record again.
         assert stored is not None and result[0] is not None
         return result[0], stored.record

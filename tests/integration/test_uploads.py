@@ -18,12 +18,13 @@ import trio
 import trio.testing
 
 from ringstore.config import StorageConfig
+from ringstore.coord.api import BodyCheck
 from ringstore.coord.kv import UPLOAD_PIPELINE_CHUNKS
 from ringstore.coord.remote import RemoteReplica
 from ringstore.core import versions
 from ringstore.core.hashing import chunk_hash
 from ringstore.core.versions import Content, Object
-from ringstore.errors import MissingChunks
+from ringstore.errors import BadRequest, MissingChunks, RemoteCallError
 from tests.integration.cluster import TEXT, Cluster, body_of
 
 pytestmark = pytest.mark.integration
@@ -204,6 +205,89 @@ async def test_replica_refuses_an_object_whose_chunks_it_lacks_and_names_them(cl
     assert await over_the_wire.merge_put(b"b", b"k", obj, False) == obj
     assert await n1.replica.get(b"b", b"k") == obj
     assert await n1.storage.sweep(grace_s=0) == 0
+
+
+async def test_a_one_chunk_value_travels_with_its_version_in_one_call_per_replica(cluster3):
+    n1 = cluster3.nodes["n1"]
+    chunk_calls = 0
+    for node in cluster3.running():
+        store_chunk = node.peers.handlers["replica.write_chunk"]
+
+        async def counted(peer: str, body: dict, store_chunk=store_chunk) -> dict:
+            nonlocal chunk_calls
+            chunk_calls += 1
+            return await store_chunk(peer, body)
+
+        node.peers.register("replica.write_chunk", counted)
+    for size in (1025, CHUNK):  # just past inline, and exactly one chunk
+        value = os.urandom(size)
+        await n1.coordinator.put(b"b", b"k%d" % size, TEXT, body_of(value, 700), None, {"w": "3"})
+        for node in cluster3.running():
+            (content,) = (await node.replica.get(b"b", b"k%d" % size)).siblings()
+            assert content.chunks == (chunk_hash(value),)
+            assert content.etag == blake3.blake3(value).hexdigest()
+            assert await node.replica.read_chunk(chunk_hash(value)) == value
+    assert chunk_calls == 0
+
+
+async def test_a_replica_sent_a_version_with_bad_chunk_bytes_stores_nothing(cluster3):
+    n1, n2 = cluster3.nodes["n1"], cluster3.nodes["n2"]
+    value = os.urandom(2000)
+    obj = chunked_object([value])
+
+    async def call(peer: str, method: str, body: dict, timeout_s: float) -> dict:
+        return await n2.peers.call(peer, method, body, timeout_s=timeout_s)
+
+    over_the_wire = RemoteReplica("n1", call)
+    damaged = bytes([value[0] ^ 1]) + value[1:]
+    with pytest.raises(RemoteCallError) as refused:
+        await over_the_wire.merge(b"b", b"k", obj, False, chunks={chunk_hash(value): damaged})
+    assert refused.value.kind == "ChunkCorrupt"
+    with pytest.raises(RemoteCallError) as refused:
+        await call(
+            "n1",
+            "replica.merge_put",
+            {"b": b"b", "k": b"k", "o": obj.encode(), "ch": [[b"not a hash", value]]},
+            10.0,
+        )
+    assert refused.value.kind == "ProtocolError"
+    assert await n1.replica.get(b"b", b"k") is None
+    assert await n1.replica.missing_chunks([chunk_hash(value)]) == {chunk_hash(value)}
+
+    await over_the_wire.merge(b"b", b"k", obj, False, chunks={chunk_hash(value): value})
+    assert await n1.replica.get(b"b", b"k") == obj
+    assert await n1.replica.read_chunk(chunk_hash(value)) == value
+
+
+async def test_one_chunk_puts_give_their_upload_turn_back_whether_they_succeed_or_fail(
+    nursery, tmp_path
+):
+    storage = StorageConfig(inline_max=1024, chunk_size=CHUNK, uploads_in_flight=1)
+    cluster = Cluster(nursery, tmp_path, 3, storage=storage)
+    await cluster.start()
+    coordinator = cluster.nodes["n1"].coordinator
+
+    def refuse() -> None:
+        raise BadRequest("digest mismatch")
+
+    with trio.fail_after(30):  # a turn not given back would leave the next put waiting
+        for i in range(4):
+            value = os.urandom(2000)
+            check = BodyCheck(refuse) if i % 2 else None
+            put = coordinator.put(b"b", b"k%d" % i, TEXT, body_of(value), None, {}, check)
+            if check is None:
+                await put
+            else:
+                with pytest.raises(BadRequest):
+                    await put
+        await cluster.wait_until(lambda: coordinator._upload_turns.value == 1)
+    assert [await cluster.nodes["n3"].replica.get(b"b", b"k%d" % i) is None for i in range(4)] == [
+        False,
+        True,
+        False,
+        True,
+    ]
+    cluster.stop_all()
 
 
 @pytest.fixture
