@@ -498,23 +498,25 @@ class Coordinator:
         replicas chunk by chunk as it arrives and is not held whole.
         """
         pieces = aiter(body)
-        head = bytearray()
+        head: list[bytes] = []  # the body's first pieces, joined once rather than grown
+        size = 0
         async for piece in pieces:
-            head += piece
-            if len(head) > self.inline_max:
+            head.append(piece)
+            size += len(piece)
+            if size > self.inline_max:
                 break
         else:
             # The whole body fits in the record: no chunks, so none of the upload machinery.
-            content = Content.from_bytes(bytes(head), **self._content_fields(meta))
+            content = Content.from_bytes(b"".join(head), **self._content_fields(meta))
             return content, [t.node for t in targets], None
         if self._upload_turns.value == 0:
             self.stats.uploads_waited += 1
         await self._upload_turns.acquire()
         try:
-            while len(head) <= self.chunk_size:
+            while size <= self.chunk_size:
                 piece = await anext(pieces, None)
                 if piece is None:
-                    data = bytes(head)
+                    data = b"".join(head)
                     digest = chunk_hash(data)
                     content = Content(
                         size=len(data),
@@ -524,7 +526,8 @@ class Coordinator:
                         **self._content_fields(meta),
                     )
                     return content, [t.node for t in targets], {digest: data}
-                head += piece
+                head.append(piece)
+                size += len(piece)
         except BaseException:
             self._upload_turns.release()
             raise
@@ -550,7 +553,8 @@ class Coordinator:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(replicate)
                 async with send:
-                    await pass_on(chunker.feed(head))
+                    for piece in head:
+                        await pass_on(chunker.feed(piece))
                     async for piece in pieces:
                         await pass_on(chunker.feed(piece))
                     last = chunker.finish()
