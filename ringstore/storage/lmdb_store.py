@@ -549,18 +549,25 @@ class LmdbStore:
 
         A caller cancelled while waiting does not learn the outcome: the write may commit.
         """
-        return await self._outcome(await self._enqueue(apply))
+        (op,) = await self._enqueue(apply)
+        return await self._outcome(op)
 
-    async def _enqueue(self, apply: Callable[[_Writer], Any]) -> _WriteOp:
-        """Queue a write (`_outcome` waits for it). Writes are applied in the order queued."""
+    async def _enqueue(self, *applies: Callable[[_Writer], Any]) -> list[_WriteOp]:
+        """Queue writes (`_outcome` waits for each), applied in this order. They are queued
+        back to back, so one commit takes them all unless the queue is full."""
         self._check_running()
         assert self._write_send is not None
-        op = _WriteOp(apply)
+        await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller queues nothing
+        ops = [_WriteOp(apply) for apply in applies]
         try:
-            await self._write_send.send(op)
+            for op in ops:
+                try:
+                    self._write_send.send_nowait(op)
+                except trio.WouldBlock:
+                    await self._write_send.send(op)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise StorageClosed(f"storage {self.path} closed") from None
-        return op
+        return ops
 
     @staticmethod
     async def _outcome(op: _WriteOp) -> Any:
@@ -656,12 +663,18 @@ class LmdbStore:
                 await locks.enter_async_context(self._hash_lock(chunk))
             # Shielded for the reason given in write_chunk.
             with trio.CancelScope(shield=True):
-                rows = [await self._publish_known(chunks[c], c, hashed) for c in new]
-                # Queued after the rows, so applied in their commit or a later one: it sees
-                # them, and is durable only with them.
-                update = await self._enqueue(apply)
-                for row in rows:
-                    await self._row_committed(row)
+                registers: list[Callable[[_Writer], Any]] = []
+                try:
+                    for chunk in new:
+                        registers.append(await self._place_file(chunks[chunk], chunk, hashed))
+                except BaseException:
+                    # The files already in place still get their rows.
+                    await self._rows_committed(await self._enqueue(*registers))
+                    raise
+                # Queued right behind the rows: applied in their commit (or a later one), it
+                # sees them and is durable only with them.
+                *rows, update = await self._enqueue(*registers, apply)
+                await self._rows_committed(rows)
         return await self._outcome(update)
 
     async def put_record(
@@ -912,16 +925,18 @@ class LmdbStore:
         async with self._hash_lock(expected):
             # Shielded for the reason given in write_chunk.
             with trio.CancelScope(shield=True):
-                await self._row_committed(await self._publish_known(data, expected, hashed))
+                register = await self._place_file(data, expected, hashed)
+                await self._rows_committed(await self._enqueue(register))
         return expected
 
-    async def _publish_known(
+    async def _place_file(
         self, data: bytes | bytearray | memoryview, expected: bytes, hashed: bool
-    ) -> _WriteOp:
-        """Put the file in place durably and queue its row: the queued write.
+    ) -> Callable[[_Writer], None]:
+        """Put the chunk's file in place durably; return the write that registers its row.
 
-        For a caller holding the chunk's lock, shielded, that then waits for the row with
-        `_row_committed`. `ChunkCorrupt`, and nothing stored, if the bytes are not `expected`.
+        For a caller holding the chunk's lock, shielded, that then queues the row and waits
+        for it (`_rows_committed`): until then the file counts as unsettled. `ChunkCorrupt`,
+        and nothing stored, if the bytes are not `expected`.
         """
         self._unsettled_files += 1
         uploads: list[Upload] = []
@@ -934,14 +949,21 @@ class LmdbStore:
         if digest != expected:
             self._unsettled_files -= 1
             raise ChunkCorrupt(expected, f"the bytes received hash to {digest.hex()}")
-        return await self._enqueue(
-            partial(self._apply_register, chunk=expected, size=uploads[0].size)
-        )
+        return partial(self._apply_register, chunk=expected, size=uploads[0].size)
 
-    async def _row_committed(self, row: _WriteOp) -> None:
-        # A row that failed to commit leaves its file unsettled: the next start adopts it.
-        await self._outcome(row)
-        self._unsettled_files -= 1
+    async def _rows_committed(self, rows: list[_WriteOp]) -> None:
+        """Wait for every row; raise the first failure. A row that failed to commit leaves
+        its file unsettled: the next start adopts it."""
+        failure: Exception | None = None
+        for row in rows:
+            try:
+                await self._outcome(row)
+            except Exception as exc:
+                failure = failure or exc
+            else:
+                self._unsettled_files -= 1
+        if failure is not None:
+            raise failure
 
     def _store_whole(
         self,

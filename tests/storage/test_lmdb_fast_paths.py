@@ -11,6 +11,7 @@ import trio
 from ringstore.core.hashing import chunk_hash
 from ringstore.errors import ChunkCorrupt, StorageClosed
 from ringstore.storage import lmdb_store
+from ringstore.storage.engine import RecordWrite
 from ringstore.storage.lmdb_store import CLEAN_KEY, INLINE_LOOKUP_MAX_KEYS, LmdbStore
 
 lmdb_only = pytest.mark.parametrize("kind", ["lmdb"])  # the `engines` fixture's kind
@@ -119,6 +120,32 @@ async def test_known_hash_writes_leave_a_clean_stop(engines):
     assert stopped_cleanly(engine)
     again = await engines.reopen(engine)
     assert await again.read_chunk(chunk_hash(data)) == data
+
+
+@lmdb_only
+async def test_an_update_bringing_its_chunk_takes_one_commit_and_stops_cleanly(
+    engines, monkeypatch
+):
+    engine = await engines.start()
+    data = b"c" * 200
+    chunks = {chunk_hash(data): data}
+    commits = engine.statistics().commits
+    calls = ThreadCalls(monkeypatch)
+    await engine.update(b"b", b"k", lambda _: RecordWrite(b"r", (chunk_hash(data),)), chunks=chunks)
+    # The file in one hop; its row and the record in one commit (queued together).
+    assert (calls.take(), engine.statistics().commits - commits) == (2, 1)
+    # A chunk that fails after another was stored: the stored one's row still commits.
+    # (chunks are stored in hash order: `good` is picked to come first)
+    good = next(g for g in (b"g%d" % i for i in range(64)) if chunk_hash(g) < chunk_hash(b"x"))
+    bad = b"not x"
+    with pytest.raises(ChunkCorrupt):
+        await engine.update(
+            b"b", b"k2", lambda _: None, chunks={chunk_hash(good): good, chunk_hash(b"x"): bad}
+        )
+    await engine.aclose()
+    assert stopped_cleanly(engine)
+    again = await engines.reopen(engine)
+    assert await again.missing_chunks([chunk_hash(good), chunk_hash(b"x")]) == {chunk_hash(b"x")}
 
 
 async def test_worker_thread_calls_run_off_the_event_loop_and_return_or_raise():
