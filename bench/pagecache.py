@@ -3,17 +3,20 @@
     python -m bench.pagecache [--mib N] [--dir DIR]
 
 Writes N (default 256) one-MiB files into a fresh directory under DIR (default: the system's
-temporary directory) three ways and prints the CPU time (user + system) per MiB of each:
+temporary directory) in these ways and prints the CPU time (user + system) per MiB of each:
 
 - copy: the same MiB copied in memory (a bytearray made from it): the price of a memcpy;
 - new files: each MiB written into a file just created, as a chunk file is (no fsync: this
   is the page-cache copy alone);
-- overwrite: the same files written again in place, into page-cache pages that already exist.
+- overwrite: the same files written again in place, into page-cache pages that already exist;
+- fsynced: new files again, each fsynced, its pages left in the page cache;
+- dropped: new files fsynced and their pages given back (POSIX_FADV_DONTNEED), as chunk files
+  are: each file then reuses the pages the one before gave back.
 
 A replicated PUT of a 1 MiB value writes three new files on a one-machine cluster. Where "new
 files" costs far more than "overwrite", the kernel's work to get fresh page-cache pages (on a
-virtual machine, often the hypervisor's, for memory the guest gave back) bounds the PUT,
-whatever the store does in user space. The directory is removed at the end.
+virtual machine, often the hypervisor's, for memory the guest gave back) is what "dropped"
+saves. The directory is removed at the end.
 """
 
 from __future__ import annotations
@@ -40,19 +43,30 @@ def measure(mib: int, directory: Path) -> dict[str, float]:
     data = os.urandom(MIB)
     paths = [directory / f"{index:06d}" for index in range(mib)]
 
-    def write(index: int, flags: int) -> None:
-        fd = os.open(paths[index], os.O_WRONLY | flags, 0o644)
+    def write(path: Path, flags: int, *, fsync: bool = False, drop: bool = False) -> None:
+        fd = os.open(path, os.O_WRONLY | flags, 0o644)
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
+            if fsync:
+                os.fsync(fd)
+            if drop:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
 
+    # Files are never deleted before the end (freeing their pages would hand the next files
+    # warm ones): as in a store, the page cache grows by every file that keeps its pages.
+    synced = [path.with_suffix(".fsynced") for path in paths]
+    dropped = [path.with_suffix(".dropped") for path in paths]
+    new = os.O_CREAT | os.O_EXCL
     return {
         "copy": cpu_ms_per_mib(mib, lambda _: bytearray(data)),
-        "new files": cpu_ms_per_mib(mib, lambda i: write(i, os.O_CREAT | os.O_EXCL)),
-        "overwrite": cpu_ms_per_mib(mib, lambda i: write(i, 0)),
+        "new files": cpu_ms_per_mib(mib, lambda i: write(paths[i], new)),
+        "overwrite": cpu_ms_per_mib(mib, lambda i: write(paths[i], 0)),
+        "fsynced": cpu_ms_per_mib(mib, lambda i: write(synced[i], new, fsync=True)),
+        "dropped": cpu_ms_per_mib(mib, lambda i: write(dropped[i], new, fsync=True, drop=True)),
     }
 
 
@@ -75,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:10} {ms:7.3f} ms of CPU per MiB ({rate:,.0f} MiB/s)")
     ratio = figures["new files"] / max(figures["overwrite"], 1e-6)
     print(f"new files / overwrite: {ratio:.2f}")
+    ratio = figures["dropped"] / max(figures["fsynced"], 1e-6)
+    print(f"dropped / fsynced: {ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -9,11 +9,19 @@ import pytest
 from bench import pagecache
 
 
-def test_measures_copy_new_files_and_overwrite_and_removes_its_files(tmp_path: Path, capsys):
+def test_measures_each_way_of_writing_and_removes_its_files(tmp_path: Path, capsys):
     pagecache.main(["--mib", "3", "--dir", str(tmp_path)])
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split(" ", 1)[0] for line in lines] == ["copy", "new", "overwrite", "new"]
-    assert all("ms of CPU per MiB" in line for line in lines[:3])
+    assert [line.split(" ", 1)[0] for line in lines] == [
+        "copy",
+        "new",
+        "overwrite",
+        "fsynced",
+        "dropped",
+        "new",
+        "dropped",
+    ]
+    assert all("ms of CPU per MiB" in line for line in lines[:5])
     assert list(tmp_path.iterdir()) == []
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -38,6 +42,35 @@ def test_publish_puts_the_file_under_its_hash(files):
     assert os.listdir(files.tmp_dir) == []
     assert files.read_verified(chunk, len(data)) == (OK, data)
     assert store(files, data) == chunk  # the same bytes again: the same file, replaced
+
+
+def cached_pages(path: Path) -> int:
+    """How many of the file's pages are in the page cache (mincore on a mapping of it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    with open(path, "r+b") as file, mmap.mmap(file.fileno(), size) as mapped:
+        # The c_char view is dropped at once: only the address is kept, while mapped.
+        address = ctypes.addressof(ctypes.c_char.from_buffer(mapped))
+        vector = (ctypes.c_ubyte * pages)()
+        if libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(size), vector) != 0:
+            raise OSError(ctypes.get_errno(), "mincore failed")
+        return sum(byte & 1 for byte in vector)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="posix_fadvise and mincore as on Linux")
+def test_a_stored_chunk_leaves_no_pages_in_the_page_cache(files, tmp_path):
+    data = os.urandom(64 * mmap.PAGESIZE)
+    chunk = store(files, data)
+    assert cached_pages(files.path_of(chunk)) == 0
+    # The same bytes written and fsynced plainly stay cached: the check can see pages.
+    plain = tmp_path / "plain"
+    with open(plain, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    assert cached_pages(plain) == 64
+    assert files.read_verified(chunk, len(data)) == (OK, data)  # a read caches as usual
 
 
 def test_reads_verify_and_never_return_bad_bytes(files):
