@@ -23,7 +23,7 @@ import trio
 
 from ringstore.coord.api import BodyCheck, GetResult, NodeInfo, PutResult, WriteMeta
 from ringstore.coord.fanout import Outcome, fan_out
-from ringstore.coord.replica import Chunks, LocalReplica, ReplicaClient
+from ringstore.coord.replica import Chunk, LocalReplica, ReplicaClient
 from ringstore.core import versions
 from ringstore.core.chunking import Chunker
 from ringstore.core.hashing import chunk_hash
@@ -487,11 +487,11 @@ class Coordinator:
         body: AsyncIterator[bytes],
         targets: Sequence[Target],
         needed: int,
-    ) -> tuple[Content, list[str], Chunks | None]:
+    ) -> tuple[Content, list[str], Chunk | None]:
         """Read the body: small values inline, larger ones as chunks.
 
         Returns the content, the replicas that hold every chunk of it (the ones that may
-        coordinate the new version), and the chunks to send with the version. A value of one
+        coordinate the new version), and the chunk to send with the version. A value of one
         chunk is read whole, under an upload turn the caller gives back: its chunk goes to
         every replica with the version (one call and one commit on each, where a chunk of its
         own costs two), so all targets count as holders. A larger value is streamed to the
@@ -525,7 +525,7 @@ class Coordinator:
                         chunks=(digest,),
                         **self._content_fields(meta),
                     )
-                    return content, [t.node for t in targets], {digest: data}
+                    return content, [t.node for t in targets], (digest, data)
                 head.append(piece)
                 size += len(piece)
         except BaseException:
@@ -592,7 +592,7 @@ class Coordinator:
         options: RequestOptions,
         props: BucketProps,
         holders: Sequence[str],
-        attached: Chunks | None = None,
+        attached: Chunk | None = None,
         when_replicated: Callable[[], None] | None = None,
     ) -> Object:
         """One replica makes the new version; the others merge it; answer at W/DW/PW.
@@ -651,7 +651,7 @@ class Coordinator:
 
             client = self._clients(target.node)
             return client.start_merge(
-                bucket, key, new, lww, on_merged, timeout_s=timeout_s, chunks=attached
+                bucket, key, new, lww, on_merged, timeout_s=timeout_s, chunk=attached
             )
 
         async def catch_up(
@@ -703,7 +703,7 @@ class Coordinator:
         lww: bool,
         candidates: Sequence[Target],
         timeout_s: float,
-        attached: Chunks | None,
+        attached: Chunk | None,
     ) -> tuple[Object, Target]:
         """Have the first candidate that can make the new version make it.
 
@@ -715,7 +715,7 @@ class Coordinator:
             for candidate in candidates:
                 try:
                     new = await self._clients(candidate.node).coordinate_put(
-                        bucket, key, content, context, lww, chunks=attached
+                        bucket, key, content, context, lww, chunk=attached
                     )
                 except RingstoreError as exc:
                     if isinstance(exc, BadRequest):
@@ -734,15 +734,15 @@ class Coordinator:
         obj: Object,
         sources: Sequence[str],
         lww: bool,
-        attached: Chunks | None = None,
+        attached: Chunk | None = None,
     ) -> None:
-        """Merge `obj` into `node`'s replica (with `attached` chunks, if any); send it the
+        """Merge `obj` into `node`'s replica (with the `attached` chunk, if any); send it the
         chunks it lacks first if needed.
 
         The offer/missing/send exchange of replication, read repair and handoff.
         """
         try:
-            await self._clients(node).merge(bucket, key, obj, lww, chunks=attached)
+            await self._clients(node).merge(bucket, key, obj, lww, chunk=attached)
         except MissingChunks as missing:
             await self._push_chunks_and_merge(node, bucket, key, obj, sources, lww, missing)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from ringstore.coord.replica import Chunks, LocalReplica, OnMerged, OnRecord
+from ringstore.coord.replica import Chunk, LocalReplica, OnMerged, OnRecord
 from ringstore.core.hashing import is_chunk_hash
 from ringstore.core.versions import (
     Content,
@@ -49,38 +49,31 @@ def _field(body: Body, name: str, kind: type | tuple[type, ...]) -> Any:
 
 
 def _quiet_merge_body(
-    bucket: bytes, key: bytes, obj: Object, lww: bool, chunks: Chunks | None
+    bucket: bytes, key: bytes, obj: Object, lww: bool, chunk: Chunk | None
 ) -> Body:
     # "quiet": the replica answers without its merged record, which nobody here reads.
-    return _with_chunks(
-        {"b": bucket, "k": key, "o": obj.encode(), "lww": lww, "quiet": True}, chunks
-    )
+    return _with_chunk({"b": bucket, "k": key, "o": obj.encode(), "lww": lww, "quiet": True}, chunk)
 
 
-def _with_chunks(body: Body, chunks: Chunks | None) -> Body:
-    if chunks:
-        body["ch"] = [[digest, data] for digest, data in chunks.items()]
+def _with_chunk(body: Body, chunk: Chunk | None) -> Body:
+    # The bytes as a field of their own: the frame encoder sends them without copying.
+    if chunk is not None:
+        body["ch"], body["cd"] = chunk
     return body
 
 
-def _call_timeout_s(chunks: Chunks | None) -> float:
-    return CHUNK_CALL_TIMEOUT_S if chunks else RECORD_CALL_TIMEOUT_S
+def _call_timeout_s(chunk: Chunk | None) -> float:
+    return RECORD_CALL_TIMEOUT_S if chunk is None else CHUNK_CALL_TIMEOUT_S
 
 
-def _chunks_from_wire(body: Body) -> Chunks | None:
-    """The chunks a version came with ("ch": [[hash, bytes], ...]), verified when stored."""
-    items = body.get("ch")
-    if items is None:
+def _chunk_from_wire(body: Body) -> Chunk | None:
+    """The chunk a version came with ("ch": its hash, "cd": its bytes), verified when stored."""
+    if "ch" not in body and "cd" not in body:
         return None
-    if not isinstance(items, list) or not all(
-        isinstance(item, list)
-        and len(item) == 2
-        and is_chunk_hash(item[0])
-        and isinstance(item[1], bytes)
-        for item in items
-    ):
-        raise ProtocolError("field 'ch' is not a list of [chunk hash, bytes]")
-    return dict(items)
+    digest, data = body.get("ch"), body.get("cd")
+    if not is_chunk_hash(digest) or not isinstance(data, bytes):
+        raise ProtocolError("fields 'ch' and 'cd' are not a chunk hash and its bytes")
+    return digest, data
 
 
 def _record_of(reply: Body) -> bytes | None:
@@ -174,7 +167,7 @@ class RemoteReplica:
         context: VersionVector | None,
         lww: bool,
         *,
-        chunks: Chunks | None = None,
+        chunk: Chunk | None = None,
     ) -> Object:
         body = {
             "b": bucket,
@@ -184,7 +177,7 @@ class RemoteReplica:
             "lww": lww,
         }
         reply = await self._request(
-            "coordinate_put", _with_chunks(body, chunks), _call_timeout_s(chunks)
+            "coordinate_put", _with_chunk(body, chunk), _call_timeout_s(chunk)
         )
         _raise_missing(reply)
         return Object.decode(_field(reply, "o", bytes))
@@ -196,10 +189,10 @@ class RemoteReplica:
         return Object.decode(_field(reply, "o", bytes))
 
     async def merge(
-        self, bucket: bytes, key: bytes, obj: Object, lww: bool, *, chunks: Chunks | None = None
+        self, bucket: bytes, key: bytes, obj: Object, lww: bool, *, chunk: Chunk | None = None
     ) -> None:
-        body = _quiet_merge_body(bucket, key, obj, lww, chunks)
-        _raise_missing(await self._request("merge_put", body, _call_timeout_s(chunks)))
+        body = _quiet_merge_body(bucket, key, obj, lww, chunk)
+        _raise_missing(await self._request("merge_put", body, _call_timeout_s(chunk)))
 
     def start_merge(
         self,
@@ -210,7 +203,7 @@ class RemoteReplica:
         on_merged: OnMerged,
         *,
         timeout_s: float,
-        chunks: Chunks | None = None,
+        chunk: Chunk | None = None,
     ) -> bool:
         def replied(reply: Body | None, error: Exception | None) -> None:
             if reply is not None:
@@ -220,8 +213,8 @@ class RemoteReplica:
                     error = exc
             on_merged(error)
 
-        body = _quiet_merge_body(bucket, key, obj, lww, chunks)
-        return self._start("merge_put", body, timeout_s, replied, _call_timeout_s(chunks))
+        body = _quiet_merge_body(bucket, key, obj, lww, chunk)
+        return self._start("merge_put", body, timeout_s, replied, _call_timeout_s(chunk))
 
     async def missing_chunks(self, hashes: Sequence[bytes]) -> frozenset[bytes]:
         reply = await self._request("missing_chunks", {"h": list(hashes)}, RECORD_CALL_TIMEOUT_S)
@@ -288,7 +281,7 @@ def replica_handlers(replica: LocalReplica) -> dict[str, Handler]:
                 content,
                 _vv_from_wire(body.get("ctx")),
                 bool(body.get("lww")),
-                chunks=_chunks_from_wire(body),
+                chunk=_chunk_from_wire(body),
             )
         except MissingChunks as exc:
             return {"missing": sorted(exc.missing)}
@@ -305,7 +298,7 @@ def replica_handlers(replica: LocalReplica) -> dict[str, Handler]:
                 _field(body, "k", bytes),
                 incoming,
                 bool(body.get("lww")),
-                chunks=_chunks_from_wire(body),
+                chunk=_chunk_from_wire(body),
             )
         except MissingChunks as exc:
             return {"missing": sorted(exc.missing)}

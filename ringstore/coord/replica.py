@@ -7,7 +7,7 @@ protocol, served on the far side by `replica_handlers`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import trio
@@ -21,9 +21,9 @@ from ringstore.storage.engine import RecordWrite, StorageEngine, StoredRecord
 OnRecord = Callable[[bytes | None, Exception | None], None]
 # How a merge started without a task reports back: None once merged, else the error.
 OnMerged = Callable[[Exception | None], None]
-# Chunks sent along with a version, hash -> bytes, for a replica that may lack them: the hash
-# computed (or checked) by the sender from these very bytes. A remote replica verifies them.
-Chunks = Mapping[bytes, bytes]
+# A chunk sent along with a version, (hash, bytes), for a replica that may lack it: the hash
+# computed (or checked) by the sender from these very bytes. A remote replica verifies it.
+Chunk = tuple[bytes, bytes]
 
 
 class ReplicaClient(Protocol):
@@ -50,18 +50,18 @@ class ReplicaClient(Protocol):
         context: VersionVector | None,
         lww: bool,
         *,
-        chunks: Chunks | None = None,
+        chunk: Chunk | None = None,
     ) -> Object:
-        """Make the new version on this replica. `chunks`: the value's chunks, stored with it
-        (one commit) where missing: a small chunked value travels with its version."""
+        """Make the new version on this replica. `chunk`: the value's only chunk, stored with
+        it (one commit) if missing: a value of one chunk travels with its version."""
 
     async def merge_put(self, bucket: bytes, key: bytes, obj: Object, lww: bool) -> Object: ...
 
     async def merge(
-        self, bucket: bytes, key: bytes, obj: Object, lww: bool, *, chunks: Chunks | None = None
+        self, bucket: bytes, key: bytes, obj: Object, lww: bool, *, chunk: Chunk | None = None
     ) -> None:
-        """`merge_put` for a caller that does not need the merged object back; `chunks` as
-        for `coordinate_put`."""
+        """`merge_put` for a caller that does not need the merged object back; `chunk` as for
+        `coordinate_put`."""
 
     def start_merge(
         self,
@@ -72,7 +72,7 @@ class ReplicaClient(Protocol):
         on_merged: OnMerged,
         *,
         timeout_s: float,
-        chunks: Chunks | None = None,
+        chunk: Chunk | None = None,
     ) -> bool:
         """`merge` without a task waiting for it, if it can start at once: then, exactly
         once, `on_merged(None)` or `on_merged(error)` (MissingChunks as `merge` raises it),
@@ -174,11 +174,11 @@ class LocalReplica:
         context: VersionVector | None,
         lww: bool,
         *,
-        chunks: Chunks | None = None,
+        chunk: Chunk | None = None,
     ) -> Object:
         """Make the new version here (a new dot of this node's actor) and store it."""
         obj, _ = await self.coordinate_put_record(
-            bucket, key, content, context, lww, chunks=chunks, hashed=True
+            bucket, key, content, context, lww, chunk=chunk, hashed=True
         )
         return obj
 
@@ -190,12 +190,12 @@ class LocalReplica:
         context: VersionVector | None,
         lww: bool,
         *,
-        chunks: Chunks | None = None,
+        chunk: Chunk | None = None,
         hashed: bool = False,
     ) -> tuple[Object, bytes]:
         """`coordinate_put`, with the stored record's bytes too (what a peer is sent).
 
-        `hashed`: as for `StorageEngine.update` (False for chunks that came from a peer)."""
+        `hashed`: as for `StorageEngine.update` (False for a chunk that came from a peer)."""
         key_epoch = await self._key_epochs.next()
         made: list[Object | None] = [None]
 
@@ -205,7 +205,9 @@ class LocalReplica:
             )
             return _write(made[0])
 
-        stored = await self.storage.update(bucket, key, apply, chunks=chunks, hashed=hashed)
+        stored = await self.storage.update(
+            bucket, key, apply, chunks=None if chunk is None else dict([chunk]), hashed=hashed
+        )
         # The object just made is what was stored: no need to decode the record again.
         assert stored is not None and made[0] is not None
         return made[0], stored.record
@@ -216,9 +218,9 @@ class LocalReplica:
         return merged
 
     async def merge(
-        self, bucket: bytes, key: bytes, obj: Object, lww: bool, *, chunks: Chunks | None = None
+        self, bucket: bytes, key: bytes, obj: Object, lww: bool, *, chunk: Chunk | None = None
     ) -> None:
-        await self.merge_put_record(bucket, key, obj, lww, chunks=chunks, hashed=True)
+        await self.merge_put_record(bucket, key, obj, lww, chunk=chunk, hashed=True)
 
     def start_merge(
         self,
@@ -229,7 +231,7 @@ class LocalReplica:
         on_merged: OnMerged,
         *,
         timeout_s: float,
-        chunks: Chunks | None = None,
+        chunk: Chunk | None = None,
     ) -> bool:
         """A local merge waits for its commit: it needs a task (`merge`)."""
         return False
@@ -241,11 +243,11 @@ class LocalReplica:
         obj: Object,
         lww: bool,
         *,
-        chunks: Chunks | None = None,
+        chunk: Chunk | None = None,
         hashed: bool = False,
     ) -> tuple[Object, bytes]:
-        """`merge_put`, with the stored record's bytes too (what a peer is sent); `chunks`
-        and `hashed` as for `coordinate_put_record`."""
+        """`merge_put`, with the stored record's bytes too (what a peer is sent); `chunk` and
+        `hashed` as for `coordinate_put_record`."""
         result: list[Object | None] = [None]
 
         def apply(stored: StoredRecord | None) -> RecordWrite | None:
@@ -257,7 +259,9 @@ class LocalReplica:
             result[0] = merged
             return _write(merged)
 
-        stored = await self.storage.update(bucket, key, apply, chunks=chunks, hashed=hashed)
+        stored = await self.storage.update(
+            bucket, key, apply, chunks=None if chunk is None else dict([chunk]), hashed=hashed
+        )
         # What apply kept or made is what is stored: no need to decode the record again.
         assert stored is not None and result[0] is not None
         return result[0], stored.record

@@ -18,6 +18,7 @@ from ringstore.coord.replica import LocalReplica
 from ringstore.core import versions
 from ringstore.core.hashing import chunk_hash
 from ringstore.core.versions import Content, Object
+from ringstore.core.wire import Request, encode_frame_parts
 from ringstore.errors import MissingChunks, PeerUnavailable, ProtocolError
 from ringstore.net.connection import Inline
 from ringstore.net.memnet import MemoryNetwork
@@ -266,3 +267,21 @@ async def test_a_coordinated_get_decodes_equal_replies_once(
     assert [c.inline for c in result.object.siblings()] == [b"value"]
     assert len(decodes) == 1  # three equal records, one decode
     cluster.stop_all()
+
+
+async def test_a_chunk_sent_with_a_version_leaves_as_it_is_not_copied_into_the_frame():
+    sent: list[tuple[str, dict]] = []
+
+    async def call(peer: str, method: str, body: dict, timeout_s: float) -> dict:
+        sent.append((method, body))
+        return {"o": obj.encode()}
+
+    data = random.Random(4).randbytes(1 << 20)
+    chunk = (chunk_hash(data), data)
+    obj = versions.coordinate(None, content(b"x"), None, OTHER, key_epoch=1)
+    remote = RemoteReplica("n2", call)
+    await remote.merge(b"b", b"k", obj, False, chunk=chunk)
+    await remote.coordinate_put(b"b", b"k", obj.siblings()[0], None, False, chunk=chunk)
+    for method, body in sent:
+        parts = encode_frame_parts(Request(1, method, body))
+        assert any(part is data for part in parts), method

@@ -241,20 +241,17 @@ async def test_a_replica_sent_a_version_with_bad_chunk_bytes_stores_nothing(clus
     over_the_wire = RemoteReplica("n1", call)
     damaged = bytes([value[0] ^ 1]) + value[1:]
     with pytest.raises(RemoteCallError) as refused:
-        await over_the_wire.merge(b"b", b"k", obj, False, chunks={chunk_hash(value): damaged})
+        await over_the_wire.merge(b"b", b"k", obj, False, chunk=(chunk_hash(value), damaged))
     assert refused.value.kind == "ChunkCorrupt"
-    with pytest.raises(RemoteCallError) as refused:
-        await call(
-            "n1",
-            "replica.merge_put",
-            {"b": b"b", "k": b"k", "o": obj.encode(), "ch": [[b"not a hash", value]]},
-            10.0,
-        )
-    assert refused.value.kind == "ProtocolError"
+    for malformed in ({"ch": b"not a hash", "cd": value}, {"cd": value}, {"ch": chunk_hash(value)}):
+        with pytest.raises(RemoteCallError) as refused:
+            body = {"b": b"b", "k": b"k", "o": obj.encode(), **malformed}
+            await call("n1", "replica.merge_put", body, 10.0)
+        assert refused.value.kind == "ProtocolError"
     assert await n1.replica.get(b"b", b"k") is None
     assert await n1.replica.missing_chunks([chunk_hash(value)]) == {chunk_hash(value)}
 
-    await over_the_wire.merge(b"b", b"k", obj, False, chunks={chunk_hash(value): value})
+    await over_the_wire.merge(b"b", b"k", obj, False, chunk=(chunk_hash(value), value))
     assert await n1.replica.get(b"b", b"k") == obj
     assert await n1.replica.read_chunk(chunk_hash(value)) == value
 
