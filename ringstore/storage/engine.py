@@ -46,6 +46,17 @@ def check_hashed_write(data: object, expected: bytes | None) -> None:
         raise ValueError("write_chunk(hashed=True) takes the chunk as bytes and its expected hash")
 
 
+def check_update(
+    bucket: bytes, key: bytes, fn: object, chunks: object, hashed: bool, chunk_size: int
+) -> None:
+    """What `update` checks before anything changes."""
+    check_name(bucket, key)
+    if not plain_callable(fn):
+        raise TypeError("update needs a plain (not async) function of the current record")
+    if chunks:
+        check_chunks_to_store(chunks, hashed, chunk_size)
+
+
 def check_chunks_to_store(chunks: object, hashed: bool, chunk_size: int) -> Mapping[bytes, bytes]:
     """What `update(..., chunks=, hashed=)` takes: hash -> that chunk's whole bytes, each within
     `chunk_size` (as bytes when `hashed`: see `check_hashed_write`). Checked before any write."""

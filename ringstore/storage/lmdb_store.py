@@ -90,7 +90,6 @@ from ringstore.storage.engine import (
     StoredRecord,
     UpdateFn,
     check_chunk_hash,
-    check_chunks_to_store,
     check_engine_params,
     check_hashed_write,
     check_meta_name,
@@ -98,9 +97,9 @@ from ringstore.storage.engine import (
     check_partition,
     check_record_write,
     check_segment,
+    check_update,
     object_key,
     placement,
-    plain_callable,
     record_digest,
     xor_digests,
 )
@@ -650,13 +649,10 @@ class LmdbStore:
         chunks: Mapping[bytes, bytes] | None = None,
         hashed: bool = False,
     ) -> StoredRecord | None:
-        check_name(bucket, key)
-        if not plain_callable(fn):
-            raise TypeError("update needs a plain (not async) function of the current record")
+        check_update(bucket, key, fn, chunks, hashed, self.chunk_size)
         apply = partial(self._apply_update, bucket=bucket, key=key, fn=fn)
         if not chunks:
             return await self._submit(apply)
-        check_chunks_to_store(chunks, hashed, self.chunk_size)
         new = sorted(await self.missing_chunks(list(chunks)))
         async with AsyncExitStack() as locks:
             for chunk in new:  # in hash order, as no other holder takes two

@@ -37,7 +37,6 @@ from ringstore.storage.engine import (
     StoredRecord,
     UpdateFn,
     check_chunk_hash,
-    check_chunks_to_store,
     check_engine_params,
     check_hashed_write,
     check_meta_name,
@@ -45,8 +44,8 @@ from ringstore.storage.engine import (
     check_partition,
     check_record_write,
     check_segment,
+    check_update,
     object_key,
-    plain_callable,
     record_digest,
     segment_of,
     xor_digests,
@@ -268,11 +267,8 @@ class MemoryStore:
         chunks: Mapping[bytes, bytes] | None = None,
         hashed: bool = False,
     ) -> StoredRecord | None:
-        check_name(bucket, key)
-        if not plain_callable(fn):
-            raise TypeError("update needs a plain (not async) function of the current record")
+        check_update(bucket, key, fn, chunks, hashed, self.chunk_size)
         if chunks:
-            check_chunks_to_store(chunks, hashed, self.chunk_size)
             # Each chunk durable before the update is queued: the order the contract asks for.
             for chunk in sorted(await self.missing_chunks(list(chunks))):
                 await self.write_chunk(chunks[chunk], chunk, hashed=hashed)

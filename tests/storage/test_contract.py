@@ -344,15 +344,20 @@ async def test_expected_hash_mismatch_refused(engine):
     assert engine.statistics().chunks == 0
 
 
-async def test_hashed_write_stores_the_bytes_without_hashing_them_again(engine, monkeypatch):
-    data = random.Random(3).randbytes(engine.chunk_size)
-    digest = chunk_hash(data)
+def forbid_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make either engine fail if it hashes chunk bytes (until `monkeypatch.undo()`)."""
 
     def no_hashing(*args: object) -> None:
         raise AssertionError("hashed again")
 
     monkeypatch.setattr(chunk_files, "chunk_hasher", no_hashing)
     monkeypatch.setattr(memory, "chunk_hash", no_hashing)
+
+
+async def test_hashed_write_stores_the_bytes_without_hashing_them_again(engine, monkeypatch):
+    data = random.Random(3).randbytes(engine.chunk_size)
+    digest = chunk_hash(data)
+    forbid_hashing(monkeypatch)
     assert await engine.write_chunk(data, digest, hashed=True) == digest
     monkeypatch.undo()
     assert await engine.read_chunk(digest) == data
@@ -381,12 +386,7 @@ async def test_update_with_chunks_stores_them_and_the_record_that_names_them(eng
 async def test_update_with_hashed_chunks_does_not_hash_them_again(engine, monkeypatch):
     data = random.Random(6).randbytes(engine.chunk_size)
     digest = chunk_hash(data)
-
-    def no_hashing(*args: object) -> None:
-        raise AssertionError("hashed again")
-
-    monkeypatch.setattr(chunk_files, "chunk_hasher", no_hashing)
-    monkeypatch.setattr(memory, "chunk_hash", no_hashing)
+    forbid_hashing(monkeypatch)
     await engine.update(b"b", b"k", naming(digest), chunks={digest: data}, hashed=True)
     monkeypatch.undo()
     assert await engine.read_chunk(digest) == data
