@@ -531,7 +531,7 @@ class Coordinator:
         except BaseException:
             self._upload_turns.release()
             raise
-        etag = _EtagOfChunks()
+        etag = blake3.blake3()  # of the whole value: more than one chunk, so not any chunk's
         chunker = Chunker(self.chunk_size)
         chunks: list[bytes] = []
         fan_out_chunks = _ChunkFanOut(
@@ -546,7 +546,7 @@ class Coordinator:
 
         async def pass_on(done: Iterable[bytes]) -> None:
             for chunk in done:
-                etag.add(chunk)
+                etag.update(chunk)
                 await send.send(chunk)
 
         try:
@@ -565,7 +565,7 @@ class Coordinator:
             fan_out_chunks.close()
         content = Content(
             size=chunker.total_bytes,
-            etag=etag.hexdigest(first_chunk_hash=chunks[0]),
+            etag=etag.hexdigest(),
             inline=None,
             chunks=tuple(chunks),
             **self._content_fields(meta),
@@ -599,8 +599,8 @@ class Coordinator:
 
         The coordinating replica is one that holds every chunk (this node first when it is
         one); if it fails, the next one tries. Replicas that fell behind during the upload
-        get the version too, and the chunks they lack with it (`_push_object`). `attached`
-        chunks go with the version to every replica (`_receive_value`). `when_replicated` is
+        get the version too, and the chunks they lack with it (`_push_object`). An `attached`
+        chunk goes with the version to every replica (`_receive_value`). `when_replicated` is
         called once: after the last replica answered, or as soon as the put fails before
         any was sent the version.
         """
@@ -874,32 +874,6 @@ class Coordinator:
         if self._extra_stats is not None:
             stats.update(self._extra_stats())
         return NodeInfo(self.node, self._version, stats)
-
-
-class _EtagOfChunks:
-    """The etag of a chunked value (hex BLAKE3 of all its bytes), from its chunks in order.
-
-    The etag of a value of one chunk (every upload of up to `chunk_size`) is that chunk's
-    hash, which replication computes anyway: the bytes are hashed once instead of twice. The
-    first chunk is kept until a second one shows that the whole must be hashed too.
-    """
-
-    def __init__(self) -> None:
-        self._first: bytes | None = None
-        self._hasher: blake3.blake3 | None = None
-
-    def add(self, chunk: bytes) -> None:
-        if self._hasher is not None:
-            self._hasher.update(chunk)
-        elif self._first is None:
-            self._first = chunk
-        else:
-            self._hasher = blake3.blake3(self._first)
-            self._hasher.update(chunk)
-            self._first = None
-
-    def hexdigest(self, first_chunk_hash: bytes) -> str:
-        return first_chunk_hash.hex() if self._hasher is None else self._hasher.hexdigest()
 
 
 class _ChunkFanOut:
