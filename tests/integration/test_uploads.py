@@ -230,6 +230,28 @@ async def test_a_one_chunk_value_travels_with_its_version_in_one_call_per_replic
     assert chunk_calls == 0
 
 
+async def test_a_one_chunk_value_put_while_a_replica_is_down_reaches_it_by_read_repair(cluster3):
+    n1 = cluster3.nodes["n1"]
+    await cluster3.stop_node("n2")
+    await cluster3.wait_down("n2")
+    value = os.urandom(3000)
+    await n1.coordinator.put(b"b", b"k", TEXT, body_of(value, 700), None, {"w": "2"})
+    # The down replica's failed call still counts as an answer: the upload turn comes back.
+    turns = n1.config.storage.uploads_in_flight
+    await cluster3.wait_until(lambda: n1.coordinator._upload_turns.value == turns)
+
+    n2 = await cluster3.restart_node("n2")
+    assert await n2.replica.get(b"b", b"k") is None
+    await n1.coordinator.get(b"b", b"k", {"r": "3"})
+    await cluster3.wait_until(lambda: n1.coordinator.stats.read_repairs >= 1)
+
+    async def repaired() -> bool:
+        return await n2.replica.get(b"b", b"k") is not None
+
+    await cluster3.wait_for(repaired)
+    assert await n2.replica.read_chunk(chunk_hash(value)) == value
+
+
 async def test_a_replica_sent_a_version_with_bad_chunk_bytes_stores_nothing(cluster3):
     n1, n2 = cluster3.nodes["n1"], cluster3.nodes["n2"]
     value = os.urandom(2000)
