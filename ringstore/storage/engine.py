@@ -57,7 +57,7 @@ def check_update(
         check_chunks_to_store(chunks, hashed, chunk_size)
 
 
-def check_chunks_to_store(chunks: object, hashed: bool, chunk_size: int) -> Mapping[bytes, bytes]:
+def check_chunks_to_store(chunks: object, hashed: bool, chunk_size: int) -> None:
     """What `update(..., chunks=, hashed=)` takes: hash -> that chunk's whole bytes, each within
     `chunk_size` (as bytes when `hashed`: see `check_hashed_write`). Checked before any write."""
     if not isinstance(chunks, Mapping):
@@ -71,7 +71,6 @@ def check_chunks_to_store(chunks: object, hashed: bool, chunk_size: int) -> Mapp
         size = memoryview(data).nbytes
         if size > chunk_size:
             raise ChunkTooLarge(size, chunk_size)
-    return chunks
 
 
 def check_name(bucket: bytes, key: bytes) -> None:
