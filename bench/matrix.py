@@ -2,9 +2,12 @@
 
 The matrix is 4 KiB and 1 MiB values, PUT and GET, concurrency 16 and 64, each measured on
 the local 3-node cluster (N=3, R=W=2) and on the ceiling server (bench/ceiling.py) in the
-same run. run.sh leaves one load report per cell in a directory, named
-`{cluster|ceiling}_{op}_{size}_c{concurrency}.json`; this module reads them, checks the
-ratio targets of issue 6 and appends the section (it never rewrites what is there).
+same run. run.sh leaves the load reports of each cell in a directory, named
+`{cluster|ceiling}_{op}_{size}_c{concurrency}[.PART].json`: the cluster's cell in one
+report, the ceiling's in two halves, `.before` and `.after` the cluster's (the machine's
+speed moves within minutes, and a ratio's two figures should meet the same minutes). This
+module reads them, joins the halves, checks the ratio targets of issue 6 and appends the
+section (it never rewrites what is there).
 
     python -m bench.matrix REPORT_DIR --append bench/RESULTS.md [--cluster-json FILE] ...
 """
@@ -41,7 +44,8 @@ NOT_MEASURED = (
     "RSS while one 2 GiB object is written and read back",
     "scaling with twice the keys or objects, and list-keys time",
 )
-_REPORT_NAME = re.compile(r"(cluster|ceiling)_(put|get)_(\w+)_c(\d+)\.json")
+_PART_ORDER = {"before": 0, None: 1, "after": 2}  # a cell's parts, in the order they ran
+_REPORT_NAME = re.compile(r"(cluster|ceiling)_(put|get)_(\w+)_c(\d+)(?:\.(\w+))?\.json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,14 +57,45 @@ class Cell:
 
 
 def load_reports(directory: Path) -> dict[Cell, dict[str, Any]]:
-    """Every load report in `directory` named as run.sh names them."""
-    reports = {}
+    """Every cell's report in `directory` (named as run.sh names them), its parts joined."""
+    parts: dict[Cell, list[tuple[int, dict[str, Any]]]] = {}
     for path in sorted(directory.glob("*.json")):
         match = _REPORT_NAME.fullmatch(path.name)
         if match is not None:
-            kind, operation, size, concurrency = match.groups()
-            reports[Cell(kind, operation, size, int(concurrency))] = json.loads(path.read_text())
-    return reports
+            kind, operation, size, concurrency, part = match.groups()
+            cell = Cell(kind, operation, size, int(concurrency))
+            rank = _PART_ORDER.get(part, len(_PART_ORDER))
+            parts.setdefault(cell, []).append((rank, json.loads(path.read_text())))
+    return {
+        cell: joined([report for _, report in sorted(reports, key=lambda r: r[0])])
+        for cell, reports in parts.items()
+    }
+
+
+def joined(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One report for a cell measured in parts: rates over all their operations and time,
+    the highest latency figures of any part, errors added up, and each part's ops/s (in
+    `part_ops_per_s`, to show how far the machine moved between them)."""
+    if len(parts) == 1:
+        return parts[0]
+    elapsed = sum(part["elapsed_s"] for part in parts)
+    totals = {name: sum(part["totals"][name] for part in parts) for name in ("operations", "bytes")}
+    totals["ops_per_s"] = totals["operations"] / elapsed if elapsed > 0 else 0.0
+    totals["mb_per_s"] = totals["bytes"] / 1e6 / elapsed if elapsed > 0 else 0.0
+    latency = {
+        name: max(part["latency_ms"][name] for part in parts) for name in parts[0]["latency_ms"]
+    }
+    errors: dict[str, int] = {}
+    for part in parts:
+        for kind, count in part["errors"].items():
+            errors[kind] = errors.get(kind, 0) + count
+    return {
+        "elapsed_s": elapsed,
+        "totals": totals,
+        "latency_ms": latency,
+        "errors": errors,
+        "part_ops_per_s": [part["totals"]["ops_per_s"] for part in parts],
+    }
 
 
 def _first_line(path: str, prefix: str) -> str | None:
@@ -122,8 +157,9 @@ def _number(value: float | None, digits: int = 1) -> str:
 def _cell_table(reports: dict[Cell, dict[str, Any]]) -> list[str]:
     lines = [
         "| size | op | conc | cluster ops/s | cluster MB/s | p50 ms | p99 ms | p99.9 ms | max ms"
-        " | errors | ceiling ops/s | ceiling MB/s | ceiling p99 ms | ratio |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | errors | ceiling ops/s | ceiling MB/s | ceiling p99 ms | ceiling ops/s by part"
+        " | ratio |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for size in SIZES:
         for operation in OPERATIONS:
@@ -142,12 +178,14 @@ def _cell_table(reports: dict[Cell, dict[str, Any]]) -> list[str]:
                         _errors(cluster),
                     ]
                 if ceiling is None:
-                    row += ["not run", "-", "-"]
+                    row += ["not run", "-", "-", "-"]
                 else:
+                    by_part = ceiling.get("part_ops_per_s", [ceiling["totals"]["ops_per_s"]])
                     row += [
                         _number(ceiling["totals"]["ops_per_s"]),
                         _number(ceiling["totals"]["mb_per_s"], 2),
                         _number(ceiling["latency_ms"]["p99"], 2),
+                        " / ".join(map(_number, by_part)),
                     ]
                 row.append(_number(_ratio(cluster, ceiling, "ops_per_s"), 3))
                 lines.append("| " + " | ".join(row) + " |")
@@ -230,8 +268,10 @@ def format_section(
         " worker, workers round-robin over the nodes",
         "- PUTs write fresh keys (sequential); GETs read a prefilled key space (uniform)",
         "- Ceiling: `python -m bench.ceiling`, measured in the same run with the same"
-        " generator, each cell right after the cluster's same cell; 1 MiB GETs read its value"
-        " from a file each time",
+        f" generator, each cell in two halves of {duration_s / 2:g} s right before and right"
+        " after the cluster's same cell (\"by part\"), so that a ratio's two figures meet the"
+        " same minutes of machine load; its rates are both halves together, its p99 the"
+        " higher half's; 1 MiB GETs read its value from a file each time",
         *(f"- {note}" for note in notes),
         "",
         *_cell_table(reports),

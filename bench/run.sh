@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Run the standard benchmark matrix of issue 6 and append a dated table to bench/RESULTS.md:
 # 4 KiB and 1 MiB values, PUT and GET, concurrency 16 and 64, on a fresh local 3-node cluster
-# (N=3, R=W=2) and on the ceiling server (bench/ceiling.py) at the same sizes and concurrency.
+# (N=3, R=W=2) and on the ceiling server (bench/ceiling.py) at the same sizes and concurrency,
+# the ceiling in two halves around each cluster cell (see `measured` below).
 #
-#   bench/run.sh            20 s per cell, about 6 minutes in all (the measurement)
+#   bench/run.sh            20 s per cell, about 7 minutes in all (the measurement)
 #   bench/run.sh --quick    3 s per cell and small key spaces: a smoke run of the whole path
 #   --keep                  keep the run directory (reports, node logs) instead of deleting it
 #   --results FILE          append to FILE instead of bench/RESULTS.md (for trying run.sh out)
@@ -64,26 +65,42 @@ cluster_json="$RINGSTORE_CLUSTER_RUN_DIR/cluster.json"
 read -r -a nodes < <("$python" -c 'import json, sys
 print(" ".join(node["http_url"] for node in json.load(open(sys.argv[1]))["nodes"]))' "$cluster_json")
 
-# cell KIND OP SIZE CONCURRENCY EXTRA-OPTIONS... -- URL...
+# cell KIND OP SIZE CONCURRENCY SECONDS PART EXTRA-OPTIONS... -- URL...
+# PART names one of several reports of the same cell ("" for the only one).
 # Each cell draws its values with a seed of its own: with one seed, a cell would PUT the values
 # an earlier cell already stored, and the store keeps one copy of equal chunks.
 seed=0
 cell() {
-    local kind=$1 op=$2 size=$3 concurrency=$4
-    shift 4
+    local kind=$1 op=$2 size=$3 concurrency=$4 seconds=$5 part=$6
+    shift 6
     local options=()
     while [ "$1" != "--" ]; do options+=("$1"); shift; done
     shift
     seed=$((seed + 1))
-    echo "== $kind $op $size c$concurrency" >&2
-    "$python" -m bench "$@" --op "$op" --value-size "$size" -c "$concurrency" -d "$duration" \
+    echo "== $kind $op $size c$concurrency${part:+ ($part)}" >&2
+    "$python" -m bench "$@" --op "$op" --value-size "$size" -c "$concurrency" -d "$seconds" \
         --r 2 --w 2 --timeout 30 --seed "$seed" --label "$kind $op $size c$concurrency" \
-        -o "$reports/${kind}_${op}_${size}_c${concurrency}.json" "${options[@]}"
+        -o "$reports/${kind}_${op}_${size}_c${concurrency}${part:+.$part}.json" "${options[@]}"
 }
 
-# One ceiling server per size, up for the whole run. Each cluster cell is followed at once by
-# the same cell against the ceiling, so the two figures of a ratio meet the same machine load
-# (other work on a shared machine comes and goes within minutes).
+# measured OP SIZE CONCURRENCY CLUSTER-OPTIONS... -- CEILING-OPTIONS...
+# One cell: the cluster for the whole duration, between two halves of it on the ceiling. The
+# machine's speed moves by a third within minutes (other work comes and goes); measured on
+# both sides of the cluster's cell, the ceiling meets the same minutes.
+half=$(awk -v seconds="$duration" "BEGIN { print seconds / 2 }")
+measured() {
+    local op=$1 size=$2 concurrency=$3
+    shift 3
+    local cluster_options=()
+    while [ "$1" != "--" ]; do cluster_options+=("$1"); shift; done
+    shift
+    cell ceiling "$op" "$size" "$concurrency" "$half" before "$@" -- "${ceiling_url[$size]}"
+    cell cluster "$op" "$size" "$concurrency" "$duration" "" "${cluster_options[@]}" \
+        -- "${nodes[@]}"
+    cell ceiling "$op" "$size" "$concurrency" "$half" after "$@" -- "${ceiling_url[$size]}"
+}
+
+# One ceiling server per size, up for the whole run.
 declare -A ceiling_url
 for size in 4KiB 1MiB; do
     # The 1 MiB GET target is a ratio to GETs the ceiling reads from a file.
@@ -101,17 +118,15 @@ done
 for size in 4KiB 1MiB; do
     if [ "$size" = 4KiB ]; then get_keys=$get_keys_small; else get_keys=$get_keys_large; fi
     for concurrency in 16 64; do
-        cell cluster put "$size" "$concurrency" --bucket "put-$size-c$concurrency" \
-            --keys "$put_keys" --key-dist sequential -- "${nodes[@]}"
-        cell ceiling put "$size" "$concurrency" --keys 1000 -- "${ceiling_url[$size]}"
+        measured put "$size" "$concurrency" --bucket "put-$size-c$concurrency" \
+            --keys "$put_keys" --key-dist sequential -- --keys 1000
     done
     # One prefill per size; both concurrencies then read the same keys.
     prefill=(--prefill)
     for concurrency in 16 64; do
-        cell cluster get "$size" "$concurrency" --bucket "get-$size" --keys "$get_keys" \
-            "${prefill[@]}" -- "${nodes[@]}"
+        measured get "$size" "$concurrency" --bucket "get-$size" --keys "$get_keys" \
+            "${prefill[@]}" -- --keys 1000
         prefill=()
-        cell ceiling get "$size" "$concurrency" --keys 1000 -- "${ceiling_url[$size]}"
     done
 done
 

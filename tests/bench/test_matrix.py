@@ -14,20 +14,35 @@ from bench.matrix import main
 SIZE_BYTES = {"4KiB": 4096, "1MiB": 1024**2}
 
 
-def fake_report(ops_per_s: float, size: str, p99_ms: float, errors: dict | None = None) -> dict:
+def fake_report(
+    ops_per_s: float,
+    size: str,
+    p99_ms: float,
+    errors: dict | None = None,
+    elapsed_s: float = 20.0,
+) -> dict:
     latency = dict.fromkeys(("min", "mean", "p50", "p95", "p99", "p99_9", "max"), p99_ms)
-    totals = {"ops_per_s": ops_per_s, "mb_per_s": ops_per_s * SIZE_BYTES[size] / 1e6}
-    return {"totals": totals, "latency_ms": latency, "errors": errors or {}}
+    operations = round(ops_per_s * elapsed_s)
+    totals = {
+        "operations": operations,
+        "bytes": operations * SIZE_BYTES[size],
+        "ops_per_s": ops_per_s,
+        "mb_per_s": ops_per_s * SIZE_BYTES[size] / 1e6,
+    }
+    return {"elapsed_s": elapsed_s, "totals": totals, "latency_ms": latency, "errors": errors or {}}
 
 
 def write_matrix(directory: Path, cluster_ops: float, ceiling_ops: float) -> None:
-    for kind, ops in (("cluster", cluster_ops), ("ceiling", ceiling_ops)):
-        for op in ("put", "get"):
-            for size in ("4KiB", "1MiB"):
-                for concurrency in (16, 64):
-                    report = fake_report(ops, size, 20.0 if kind == "cluster" else 5.0)
-                    path = directory / f"{kind}_{op}_{size}_c{concurrency}.json"
-                    path.write_text(json.dumps(report))
+    """Every cell as run.sh leaves it: the cluster's in one report, the ceiling's in halves."""
+    for op in ("put", "get"):
+        for size in ("4KiB", "1MiB"):
+            for concurrency in (16, 64):
+                name = f"{op}_{size}_c{concurrency}"
+                report = fake_report(cluster_ops, size, 20.0)
+                (directory / f"cluster_{name}.json").write_text(json.dumps(report))
+                for part in ("before", "after"):
+                    report = fake_report(ceiling_ops, size, 5.0, elapsed_s=10.0)
+                    (directory / f"ceiling_{name}.{part}.json").write_text(json.dumps(report))
 
 
 def run_matrix(reports: Path, results: Path, *extra: str) -> None:
@@ -46,7 +61,8 @@ def test_a_section_is_appended_with_every_cell_and_target(tmp_path: Path) -> Non
     assert text.startswith("# Results\n\n## an earlier section by someone else\n")
     assert "- Code: abc123" in text and "- a note" in text and "20 s per cell" in text
     assert text.count("| 4KiB | GET | 16 | 40.0 |") == 1
-    assert text.count("| 0.400 |\n") == 8  # every cell's ratio, the last column
+    assert text.count("| 100.0 / 100.0 | 0.400 |\n") == 8  # ceiling halves, then the ratio
+    assert "two halves of 10 s right before and right after" in text
     assert "| 4KiB GET ops/s, c16, vs ceiling | 0.400 | >= 0.30 | met |" in text
     assert "| 1MiB PUT MB/s, c64, vs ceiling | 0.400 | >= 0.10 | met |" in text
     assert "| 4KiB PUT p99 at c16 | 20.00 ms | < 50 ms | met |" in text
@@ -57,7 +73,8 @@ def test_missed_targets_and_missing_cells_are_shown(tmp_path: Path) -> None:
     reports = tmp_path / "reports"
     reports.mkdir()
     write_matrix(reports, cluster_ops=20.0, ceiling_ops=100.0)
-    (reports / "ceiling_get_1MiB_c64.json").unlink()
+    for part in ("before", "after"):
+        (reports / f"ceiling_get_1MiB_c64.{part}.json").unlink()
     slow = fake_report(20.0, "4KiB", 80.0, {"http_503": 3})
     (reports / "cluster_get_4KiB_c16.json").write_text(json.dumps(slow))
     results = tmp_path / "RESULTS.md"
@@ -69,7 +86,24 @@ def test_missed_targets_and_missing_cells_are_shown(tmp_path: Path) -> None:
     assert "| 4KiB GET p99 at c16 | 80.00 ms | < 50 ms | **missed** |" in text
     assert "| 3 http_503 |" in text
     assert "| 1MiB GET MB/s, c64, vs ceiling from file | - | >= 0.25 | not measured |" in text
-    assert "| 1MiB | GET | 64 | 20.0 |" in text and "| not run | - | - | - |" in text
+    assert "| 1MiB | GET | 64 | 20.0 |" in text and "| not run | - | - | - | - |" in text
+
+
+def test_the_ceiling_halves_are_joined_over_their_operations_and_time(tmp_path: Path) -> None:
+    """A ceiling that ran at 100 ops/s for 10 s before the cluster's cell and at 300 for 30 s
+    after it did 10,000 operations in 40 s: 250 ops/s, and the ratio is to that."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    write_matrix(reports, cluster_ops=50.0, ceiling_ops=100.0)
+    after = fake_report(300.0, "4KiB", 9.0, {"timeout": 2}, elapsed_s=30.0)
+    (reports / "ceiling_get_4KiB_c16.after.json").write_text(json.dumps(after))
+    results = tmp_path / "RESULTS.md"
+    run_matrix(reports, results)
+    text = results.read_text()
+    # ceiling ops/s, MB/s, p99 (the higher half's), ops/s by part, ratio
+    assert "| 250.0 | 1.02 | 9.00 | 100.0 / 300.0 | 0.200 |\n" in text
+    assert "| 4KiB GET ops/s, c16, vs ceiling | 0.200 | >= 0.30 | **missed** |" in text
+    assert "| 4KiB GET ops/s, c64, vs ceiling | 0.500 | >= 0.30 | met |" in text
 
 
 def test_an_empty_report_directory_is_refused(tmp_path: Path, capsys) -> None:
