@@ -20,12 +20,8 @@
 # A map with a missing or an extra key, a field of the wrong type or out of range, or a
 # type not in this table is a ProtocolError. Bodies hold only None, bool, int (CBOR's native
 # -2**64 .. 2**64-1), bytes (bytearray is sent as bytes), str, list and dict with str or
-# bytes keys, exactly those types. We parse CBOR ourselves so that tags, floats, indefinite
-# lengths, duplicate keys, deep nesting and frames of millions of tiny items are refused
-# before they cost anything (MAX_DEPTH, MAX_ITEMS_PER_FRAME); a general decoder would first
-# build them, blocking the event loop for seconds on one 4 MiB frame. We encode with cbor2
-# after checking the same limits ourselves (LocalProtocolError), so what we send, the peer
-# can decode.
+# bytes keys, exactly those types, within the limits of core/strict_cbor.py, which parses
+# what arrives and checks what leaves (why we parse CBOR ourselves is told there).
 #
 # Handshake. The dialling side is the CLIENT. Both sides prove they know the cluster secret
 # with HMAC-SHA256 over a transcript holding BOTH fresh nonces and both names, so a proof
@@ -79,6 +75,13 @@ from typing import Any, ClassVar, Literal, TypeAlias, TypeVar
 
 import cbor2
 
+from ringstore.core.strict_cbor import (
+    Decoder,
+    Tally,
+    bytes_head,
+    check_value,
+    quote,
+)
 from ringstore.errors import LocalProtocolError, ProtocolError
 
 PROTOCOL_VERSION = 1  # bumped on any incompatible change; a mismatch fails the handshake
@@ -86,17 +89,13 @@ LENGTH_PREFIX_BYTES = 4  # big-endian frame length in front of every CBOR payloa
 MAX_FRAME_BYTES = 4 * 1024 * 1024 + 64 * 1024  # room for 1 MiB chunk pieces plus their fields
 HANDSHAKE_MAX_FRAME_BYTES = 4096  # a Hello is < 1.2 KiB; unauthenticated peers get no more
 MAX_LENGTH_PREFIX = 2**32 - 1  # the largest length 4 bytes can say
-MAX_ITEMS_PER_FRAME = 131_072  # 4 MiB of 32-byte hashes fits; bounds objects made per frame
-MAX_DEPTH = 16  # nested maps/lists per frame, the message map included; bounds recursion
 MAX_ID = 2**63 - 1  # ids fit a signed 64-bit integer in whatever language a peer is in
-CBOR_UINT_MAX = 2**64 - 1  # CBOR's native integers; bigger ones need tags, which we refuse
 METHOD_PATTERN = re.compile(r"[a-z][a-z0-9_.-]{0,63}", re.ASCII)  # short and log-safe
 NODE_NAME_MAX_CHARS = 255  # names appear in logs, rings and every handshake
 NONCE_BYTES = 32  # 256 random bits never repeat by chance
 MAC_BYTES = 32  # HMAC-SHA256
 SECRET_MIN_BYTES = 16  # a shorter secret falls to offline guessing from one sniffed handshake
 _TRANSCRIPT_DOMAIN = b"ringstore-peer-handshake"  # keeps these MACs apart from any other use
-_QUOTE_CHARS = 40  # peer-supplied values quoted in errors are cut to this many characters
 
 Body: TypeAlias = dict[Any, Any]  # str | bytes keys; values as listed in the comment above
 
@@ -124,209 +123,6 @@ class Role(enum.Enum):
     SERVER = "server"  # accepted the connection
 
 
-def _quote(value: object) -> str:
-    """A short printable form of a value for an error message, cheap even for huge values."""
-    if isinstance(value, str | bytes | bytearray):
-        text = repr(value[:_QUOTE_CHARS])
-    elif isinstance(value, list | dict):
-        text = f"<{type(value).__name__} of {len(value)} items>"
-    elif isinstance(value, int) and value.bit_length() > 64:
-        text = f"<int of {value.bit_length()} bits>"
-    else:
-        text = repr(value)
-    return text if len(text) <= _QUOTE_CHARS else text[:_QUOTE_CHARS] + "..."
-
-
-# ---------------------------------------------------------------------------------------------
-# Strict CBOR: the subset above, with the same limits on both sides. We encode with cbor2 (C,
-# after our own type check) and decode with our own parser, which refuses what is not in the
-# subset before building anything from it.
-
-
-class _Tally:
-    """Items and a lower bound on encoded bytes, counted while checking a value to send."""
-
-    __slots__ = ("items", "min_bytes")
-
-    def __init__(self, items: int = 0) -> None:
-        self.items = items
-        self.min_bytes = 0
-
-
-def _check_value(value: Any, depth: int, tally: _Tally) -> None:
-    """Raise LocalProtocolError unless `value` may travel in a frame (see the top).
-
-    Types are checked exactly (no subclasses), so what the peer decodes equals what we sent.
-    """
-    tally.items += 1
-    kind = type(value)
-    if kind is bytes or kind is bytearray:
-        tally.min_bytes += len(value)
-    elif kind is str:
-        tally.min_bytes += len(value)
-        if not value.isascii():
-            try:
-                value.encode()
-            except UnicodeEncodeError:
-                raise LocalProtocolError(f"string {_quote(value)} is not valid Unicode") from None
-    elif kind is int:
-        if not -CBOR_UINT_MAX - 1 <= value <= CBOR_UINT_MAX:
-            raise LocalProtocolError(f"integer {_quote(value)} is outside -2**64..2**64-1")
-    elif kind is list or kind is dict:
-        if depth >= MAX_DEPTH:
-            raise LocalProtocolError(f"message nests deeper than {MAX_DEPTH} levels")
-        if tally.items + len(value) > MAX_ITEMS_PER_FRAME:
-            raise LocalProtocolError(f"message has over {MAX_ITEMS_PER_FRAME} CBOR items")
-        if kind is list:
-            for item in value:
-                _check_value(item, depth + 1, tally)
-        else:
-            for key, item in value.items():
-                if type(key) is not str and type(key) is not bytes:
-                    raise LocalProtocolError(f"map key {_quote(key)} is not str or bytes")
-                _check_value(key, depth + 1, tally)
-                _check_value(item, depth + 1, tally)
-        if tally.items > MAX_ITEMS_PER_FRAME:
-            raise LocalProtocolError(f"message has over {MAX_ITEMS_PER_FRAME} CBOR items")
-    elif value is not None and kind is not bool:
-        raise LocalProtocolError(
-            f"{kind.__name__} cannot travel in a message "
-            "(allowed: None, bool, int, bytes, bytearray, str, list, dict)"
-        )
-
-
-_SIMPLE_VALUES = {20: False, 21: True, 22: None}  # the only major-type-7 values we accept
-
-
-class _Decoder:
-    """Parses one CBOR item of the allowed subset; anything else is the peer's ProtocolError."""
-
-    __slots__ = ("data", "end", "pos", "items")
-
-    def __init__(self, data: bytes | memoryview) -> None:
-        self.data = data
-        self.end = len(data)
-        self.pos = 0
-        self.items = 1  # the item decode() is about to read; containers count their own
-
-    def decode(self, depth: int) -> object:
-        data = self.data
-        pos = self.pos
-        if pos >= self.end:
-            raise ProtocolError("frame ends before its CBOR item does")
-        initial = data[pos]
-        major = initial >> 5
-        info = initial & 0x1F
-        pos += 1
-        if major == 7:
-            self.pos = pos
-            if info in _SIMPLE_VALUES:
-                return _SIMPLE_VALUES[info]
-            raise ProtocolError("floats and simple values other than false/true/null are refused")
-        if major == 6:
-            raise ProtocolError("CBOR tags are not allowed")
-        if info < 24:
-            argument = info
-        elif info < 28:
-            width = 1 << (info - 24)
-            if pos + width > self.end:
-                raise ProtocolError("frame ends inside a CBOR item")
-            argument = int.from_bytes(data[pos : pos + width], "big")
-            pos += width
-        else:
-            raise ProtocolError("indefinite lengths and reserved CBOR values are not allowed")
-        if major <= 1:
-            self.pos = pos
-            return argument if major == 0 else -1 - argument
-        if major <= 3:
-            end = pos + argument
-            if end > self.end:
-                raise ProtocolError("frame ends inside a CBOR string")
-            self.pos = end
-            if major == 2:
-                return bytes(data[pos:end])
-            try:
-                return str(data[pos:end], "utf-8")
-            except UnicodeDecodeError:
-                raise ProtocolError("text string is not valid UTF-8") from None
-        self.pos = pos
-        if depth >= MAX_DEPTH:
-            raise ProtocolError(f"frame nests deeper than {MAX_DEPTH} levels")
-        # Count a container's items before decoding any of them, and refuse impossible counts
-        # (each item takes at least one byte) before looping on them.
-        count = argument if major == 4 else 2 * argument
-        if count > self.end - pos:
-            raise ProtocolError(f"{'array' if major == 4 else 'map'} is longer than its frame")
-        self.items += count
-        if self.items > MAX_ITEMS_PER_FRAME:
-            raise ProtocolError(f"frame holds over {MAX_ITEMS_PER_FRAME} CBOR items")
-        if major == 4:
-            return [self.decode(depth + 1) for _ in range(argument)]
-        return self._map(argument, depth + 1)
-
-    def _map(self, length: int, depth: int) -> dict[Any, Any]:
-        """A map's `length` pairs at `depth`. Every message is maps of short text keys to
-        small ints, strings, byte strings and booleans: those are read here, without a call
-        of decode() each (a fifth to a third of a small frame's decoding time); anything
-        else, the errors included, goes through decode()."""
-        data = self.data
-        end = self.end
-        decode = self.decode
-        result: dict[Any, Any] = {}
-        for _ in range(length):
-            pos = self.pos
-            initial = data[pos] if pos < end else 0xFF
-            if 0x60 <= initial < 0x78:  # a text string shorter than 24 bytes
-                stop = pos + 1 + initial - 0x60
-                if stop > end:
-                    raise ProtocolError("frame ends inside a CBOR string")
-                try:
-                    key: Any = str(data[pos + 1 : stop], "utf-8")
-                except UnicodeDecodeError:
-                    raise ProtocolError("text string is not valid UTF-8") from None
-                pos = stop
-            else:
-                key = decode(depth)
-                if type(key) is not str and type(key) is not bytes:
-                    raise ProtocolError(f"map key {_quote(key)} is not str or bytes")
-                pos = self.pos
-            if key in result:
-                raise ProtocolError(f"duplicate map key {_quote(key)}")
-            initial = data[pos] if pos < end else 0xFF
-            if initial < 0x18:  # an unsigned int below 24
-                self.pos = pos + 1
-                result[key] = initial
-            elif 0x40 <= initial < 0x5A or 0x60 <= initial < 0x7A:
-                # A byte or text string with a length of up to two bytes.
-                length_or_info = initial & 0x1F
-                start = pos + 1
-                if length_or_info == 24:
-                    if start >= end:
-                        raise ProtocolError("frame ends inside a CBOR item")
-                    length_or_info = data[start]
-                    start += 1
-                elif length_or_info == 25:
-                    if start + 2 > end:
-                        raise ProtocolError("frame ends inside a CBOR item")
-                    length_or_info = (data[start] << 8) | data[start + 1]
-                    start += 2
-                stop = start + length_or_info
-                if stop > end:
-                    raise ProtocolError("frame ends inside a CBOR string")
-                self.pos = stop
-                if initial < 0x60:
-                    result[key] = bytes(data[start:stop])
-                else:
-                    try:
-                        result[key] = str(data[start:stop], "utf-8")
-                    except UnicodeDecodeError:
-                        raise ProtocolError("text string is not valid UTF-8") from None
-            else:
-                self.pos = pos
-                result[key] = decode(depth)
-        return result
-
-
 _ITEMS_OUTSIDE_BODY = 8  # a Request/Reply map, its 4 keys and its 3 values besides the body
 
 
@@ -337,13 +133,13 @@ _ITEMS_OUTSIDE_BODY = 8  # a Request/Reply map, its 4 keys and its 3 values besi
 
 def _check_id(value: object) -> None:
     if type(value) is not int or not 0 <= value <= MAX_ID:
-        raise LocalProtocolError(f"id must be an int in 0..2**63-1, got {_quote(value)}")
+        raise LocalProtocolError(f"id must be an int in 0..2**63-1, got {quote(value)}")
 
 
 def _check_body(body: object) -> None:
     """Raise LocalProtocolError unless `body` fits a frame's type, depth and item limits."""
     _check_is_body(body)
-    _check_value(body, 1, _Tally(_ITEMS_OUTSIDE_BODY))
+    check_value(body, 1, Tally(_ITEMS_OUTSIDE_BODY))
 
 
 def _check_is_body(body: object) -> None:
@@ -354,13 +150,13 @@ def _check_is_body(body: object) -> None:
 def _check_name(name: object) -> None:
     if type(name) is not str or not 0 < len(name) <= NODE_NAME_MAX_CHARS or not name.isprintable():
         raise LocalProtocolError(
-            f"node name must be 1..{NODE_NAME_MAX_CHARS} printable characters, got {_quote(name)}"
+            f"node name must be 1..{NODE_NAME_MAX_CHARS} printable characters, got {quote(name)}"
         )
 
 
 def _check_fixed_bytes(what: str, value: object, length: int) -> None:
     if type(value) is not bytes or len(value) != length:
-        raise LocalProtocolError(f"{what} must be {length} bytes, got {_quote(value)}")
+        raise LocalProtocolError(f"{what} must be {length} bytes, got {quote(value)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,7 +181,7 @@ class Request:
         _check_id(self.id)
         if type(self.method) is not str or not METHOD_PATTERN.fullmatch(self.method):
             raise LocalProtocolError(
-                f"method must match {METHOD_PATTERN.pattern}, got {_quote(self.method)}"
+                f"method must match {METHOD_PATTERN.pattern}, got {quote(self.method)}"
             )
 
     @classmethod
@@ -423,7 +219,7 @@ class Reply:
     def _check_head(self) -> None:
         _check_id(self.id)
         if type(self.ok) is not bool:
-            raise LocalProtocolError(f"ok must be a bool, got {_quote(self.ok)}")
+            raise LocalProtocolError(f"ok must be a bool, got {quote(self.ok)}")
 
     @classmethod
     def for_sending(cls, id: int, ok: bool, body: Body) -> Reply:
@@ -473,7 +269,7 @@ class Hello:
         _check_fixed_bytes("nonce", self.nonce, NONCE_BYTES)
         version = self.version
         if type(version) is not int or not 0 <= version <= 0xFFFF:
-            raise LocalProtocolError(f"version must be an int in 0..65535, got {_quote(version)}")
+            raise LocalProtocolError(f"version must be an int in 0..65535, got {quote(version)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -533,16 +329,6 @@ _SPLICE_MARK = b"\x00ringstore:wire:large-value-goes-here\x00"
 _SPLICE_MARK_CBOR = cbor2.dumps(_SPLICE_MARK)
 
 
-def _bytes_head(length: int) -> bytes:
-    """The CBOR head of a byte string of `length` bytes (major type 2, shortest form)."""
-    if length < 24:
-        return bytes([0x40 | length])
-    for info, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
-        if length < 1 << (8 * size):
-            return bytes([0x40 | info]) + length.to_bytes(size, "big")
-    raise LocalProtocolError(f"a byte string of {length} bytes cannot be encoded")
-
-
 def encode_frame_parts(
     message: Message | HandshakeMessage, max_frame_bytes: int = MAX_FRAME_BYTES
 ) -> tuple[bytes, ...]:
@@ -554,8 +340,8 @@ def encode_frame_parts(
     for name in message.FIELDS:
         wire[name] = getattr(message, name)
     # Bodies are plain dicts and may have changed since the message was built: check again.
-    tally = _Tally()
-    _check_value(wire, 0, tally)
+    tally = Tally()
+    check_value(wire, 0, tally)
     if tally.min_bytes > max_frame_bytes:
         raise _too_big(max_frame_bytes)
     body = wire.get("body")
@@ -572,7 +358,7 @@ def encode_frame_parts(
         skeleton = cbor2.dumps(wire)
         at = skeleton.find(_SPLICE_MARK_CBOR)
         if at >= 0 and skeleton.find(_SPLICE_MARK_CBOR, at + 1) < 0:
-            head = skeleton[:at] + _bytes_head(len(value))
+            head = skeleton[:at] + bytes_head(len(value))
             tail = skeleton[at + len(_SPLICE_MARK_CBOR) :]
             length = len(head) + len(value) + len(tail)
             if length > max_frame_bytes:
@@ -594,7 +380,7 @@ def decode_payload(payload: bytes | memoryview) -> Message | HandshakeMessage:
 
     A memoryview is read in place: only the values decoded from it are copied out.
     """
-    decoder = _Decoder(payload)
+    decoder = Decoder(payload)
     wire = decoder.decode(0)
     if decoder.pos != len(payload):
         raise ProtocolError(f"{len(payload) - decoder.pos} stray bytes after the CBOR item")
@@ -603,16 +389,16 @@ def decode_payload(payload: bytes | memoryview) -> Message | HandshakeMessage:
     kind = wire.get("type")
     cls = _MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise ProtocolError(f"unknown message type {_quote(kind)}")
+        raise ProtocolError(f"unknown message type {quote(kind)}")
     expected = {"type", "id", *cls.FIELDS}
     if wire.keys() != expected:
         missing = sorted(expected - wire.keys())
-        extra = sorted(map(_quote, wire.keys() - expected))
+        extra = sorted(map(quote, wire.keys() - expected))
         raise ProtocolError(f"{kind} message: missing keys {missing}, unexpected keys {extra}")
     if cls in _HANDSHAKE_TYPES and (
         type(wire["id"]) is not int or wire["id"] != _HANDSHAKE_WIRE_ID
     ):
-        raise ProtocolError(f"{kind} message must carry id 0, got {_quote(wire['id'])}")
+        raise ProtocolError(f"{kind} message must carry id 0, got {quote(wire['id'])}")
     try:
         if cls is Request or cls is Reply:
             return _decoded_call(cls, wire)
@@ -740,7 +526,7 @@ class Handshake:
 
     def _check_peer_name(self, name: str) -> None:
         if name == self.node_name:
-            raise ProtocolError(f"peer claims our own name {_quote(name)}")
+            raise ProtocolError(f"peer claims our own name {quote(name)}")
 
     def _on_hello(self, hello: Hello) -> Challenge:
         if hello.version != PROTOCOL_VERSION:
@@ -758,7 +544,7 @@ class Handshake:
         client = (self.node_name, self._nonce)
         server = (challenge.name, challenge.nonce)
         if not hmac.compare_digest(challenge.mac, self._mac(b"server", client, server)):
-            raise ProtocolError(f"server {_quote(challenge.name)} failed to prove the secret")
+            raise ProtocolError(f"server {quote(challenge.name)} failed to prove the secret")
         self._peer_name = challenge.name
         self.state = HandshakeState.DONE
         return Proof(self._mac(b"client", client, server))
@@ -768,7 +554,7 @@ class Handshake:
         client = (self._peer_name, self._peer_nonce)
         expected = self._mac(b"client", client, (self.node_name, self._nonce))
         if not hmac.compare_digest(proof.mac, expected):
-            raise ProtocolError(f"client {_quote(self._peer_name)} failed to prove the secret")
+            raise ProtocolError(f"client {quote(self._peer_name)} failed to prove the secret")
         self.state = HandshakeState.DONE
 
 

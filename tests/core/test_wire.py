@@ -14,14 +14,13 @@ import trio
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from ringstore.core.strict_cbor import MAX_DEPTH, MAX_ITEMS_PER_FRAME, Decoder
 from ringstore.core.wire import (
     CLOSED,
     HANDSHAKE_MAX_FRAME_BYTES,
     LENGTH_PREFIX_BYTES,
-    MAX_DEPTH,
     MAX_FRAME_BYTES,
     MAX_ID,
-    MAX_ITEMS_PER_FRAME,
     METHOD_PATTERN,
     NEED_DATA,
     NONCE_BYTES,
@@ -36,7 +35,6 @@ from ringstore.core.wire import (
     Reply,
     Request,
     Role,
-    _Decoder,
     decode_payload,
     encode_frame,
 )
@@ -870,7 +868,7 @@ def assert_decoders_agree(payload: bytes) -> None:
     except Exception:
         expected = ProtocolError
     try:
-        decoder = _Decoder(memoryview(payload))
+        decoder = Decoder(memoryview(payload))
         got = decoder.decode(0)
         if decoder.pos != len(payload):
             raise ProtocolError("stray bytes")
