@@ -16,7 +16,8 @@ import trio
 import ringstore
 from ringstore.config import ConfigError, NodeConfig
 from ringstore.coord.api import ClusterStatus, MemberStatus, WorkerStatus
-from ringstore.coord.kv import Coordinator, PropsStore
+from ringstore.coord.bucket_props import PropsStore
+from ringstore.coord.kv import Coordinator
 from ringstore.coord.remote import RemoteReplica, replica_handlers
 from ringstore.coord.replica import LocalReplica, ReplicaClient
 from ringstore.core import versions

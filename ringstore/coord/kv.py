@@ -15,15 +15,17 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import blake3
 import trio
 
 from ringstore.coord.api import BodyCheck, GetResult, NodeInfo, PutResult, WriteMeta
+from ringstore.coord.bucket_props import PropsStore
 from ringstore.coord.fanout import Outcome, fan_out
 from ringstore.coord.replica import Chunk, LocalReplica, ReplicaClient
+from ringstore.coord.stats import CoordinatorStats
+from ringstore.coord.uploads import CHUNK_CALL_TIMEOUT_S, ChunkFanOut
 from ringstore.core import versions
 from ringstore.core.chunking import Chunker
 from ringstore.core.hashing import chunk_hash
@@ -49,13 +51,8 @@ log = logging.getLogger(__name__)
 # Chunks of one upload in flight between reading the body and replicating it: enough to
 # overlap the two, small enough that memory stays bounded by concurrency x chunk size.
 UPLOAD_PIPELINE_CHUNKS = 2
-# Chunks queued for one replica beyond the one it is storing. A replica further behind
-# stops receiving the upload (so a slow disk or link never slows the put or grows memory)
-# and gets the chunks it lacks when the new version reaches it.
-UPLOAD_LAG_CHUNKS = 2
-KEY_LIST_BATCH = 1000  # keys per streamed batch of a key listing
 # A bucket or key of a listing crosses the HTTP layer as a batch: bounded like everything else.
-CHUNK_CALL_TIMEOUT_S = 30.0  # one chunk (<= 16 MiB) to one replica, even on a slow disk
+KEY_LIST_BATCH = 1000  # keys per streamed batch of a key listing
 
 
 class ObjectReconciler:
@@ -76,108 +73,6 @@ class ObjectReconciler:
 
     def is_tombstone(self, obj: Object) -> bool:
         return obj.is_tombstone()
-
-
-@dataclass(slots=True)
-class CoordinatorStats:
-    """Counters since start; the HTTP layer turns them into Riak's stat names."""
-
-    gets: int = 0
-    puts: int = 0
-    deletes: int = 0
-    read_repairs: int = 0
-    quorum_failures: int = 0
-    chunk_fallbacks: int = 0
-    chunk_repairs: int = 0
-    uploads_waited: int = 0  # large values that waited for an upload turn (uploads_in_flight)
-    get_times_us: list[int] = field(default_factory=list)
-    put_times_us: list[int] = field(default_factory=list)
-    sibling_counts: list[int] = field(default_factory=list)
-
-    def record(self, samples: list[int], value: int) -> None:
-        samples.append(value)
-        if len(samples) > STAT_SAMPLES:
-            del samples[: len(samples) - STAT_SAMPLES]
-
-    def riak_view(self) -> dict[str, int]:
-        """Riak's stat names for what we count (times in microseconds, as Riak's)."""
-        view = {
-            "node_gets": self.gets,
-            "node_gets_total": self.gets,
-            "node_puts": self.puts,
-            "node_puts_total": self.puts,
-            "read_repairs": self.read_repairs,
-            "read_repairs_total": self.read_repairs,
-            "ringstore_deletes_total": self.deletes,
-            "ringstore_quorum_failures_total": self.quorum_failures,
-            "ringstore_chunk_fallbacks_total": self.chunk_fallbacks,
-            "ringstore_chunk_repairs_total": self.chunk_repairs,
-            "ringstore_uploads_waited_total": self.uploads_waited,
-        }
-        for prefix, samples in (
-            ("node_get_fsm_time", self.get_times_us),
-            ("node_put_fsm_time", self.put_times_us),
-            ("node_get_fsm_siblings", self.sibling_counts),
-        ):
-            view.update(_distribution(prefix, samples))
-        return view
-
-
-def _distribution(prefix: str, samples: list[int]) -> dict[str, int]:
-    ordered = sorted(samples)
-    if not ordered:
-        return {f"{prefix}_{name}": 0 for name in ("mean", "median", "95", "99", "100")}
-
-    def at(fraction: float) -> int:
-        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-    return {
-        f"{prefix}_mean": sum(ordered) // len(ordered),
-        f"{prefix}_median": at(0.5),
-        f"{prefix}_95": at(0.95),
-        f"{prefix}_99": at(0.99),
-        f"{prefix}_100": ordered[-1],
-    }
-
-
-STAT_SAMPLES = 2048  # latency samples kept per operation for mean/median/95/99/100
-PROPS_MEMO_ENTRIES = 1024  # distinct bucket props kept decoded; more buckets than this is rare
-
-
-class PropsStore:
-    """Bucket properties: kept in the local meta map, pushed to every node on change."""
-
-    def __init__(
-        self,
-        load: Callable[[str], Awaitable[bytes | None]],
-        save: Callable[[str, bytes], Awaitable[None]],
-        default: BucketProps,
-    ) -> None:
-        self._load = load
-        self._save = save
-        self.default = default
-        # Decoded props by their stored bytes: every request reads its bucket's props, and
-        # keyed by content the memo can never be stale, whoever changed the stored props.
-        self._decoded: dict[bytes, BucketProps] = {}
-
-    async def get(self, bucket: bytes) -> BucketProps:
-        raw = await self._load(_props_name(bucket))
-        if not raw:
-            return self.default
-        props = self._decoded.get(raw)
-        if props is None:
-            props = BucketProps.decode(raw)
-            if len(self._decoded) >= PROPS_MEMO_ENTRIES:
-                self._decoded.clear()
-            self._decoded[raw] = props
-        return props
-
-    async def put(self, bucket: bytes, props: BucketProps | None) -> None:
-        await self._save(_props_name(bucket), b"" if props is None else props.encode())
-
-
-def _props_name(bucket: bytes) -> str:
-    return "props:" + bucket.hex()
 
 
 class Coordinator:
@@ -534,8 +429,12 @@ class Coordinator:
         etag = blake3.blake3()  # of the whole value: more than one chunk, so not any chunk's
         chunker = Chunker(self.chunk_size)
         chunks: list[bytes] = []
-        fan_out_chunks = _ChunkFanOut(
-            self, [t.node for t in targets], needed, when_done=self._upload_turns.release
+        fan_out_chunks = ChunkFanOut(
+            self.background,
+            self._clients,
+            [t.node for t in targets],
+            needed,
+            when_done=self._upload_turns.release,
         )
         send, receive = trio.open_memory_channel[bytes](UPLOAD_PIPELINE_CHUNKS)
 
@@ -874,114 +773,6 @@ class Coordinator:
         if self._extra_stats is not None:
             stats.update(self._extra_stats())
         return NodeInfo(self.node, self._version, stats)
-
-
-class _ChunkFanOut:
-    """Streams one upload's chunks to its replicas, each through its own bounded queue.
-
-    Each replica stores its chunks in order, so `acked[node]` chunks are a prefix of the
-    value. `send` returns once `needed` replicas hold the chunk; the rest catch up in the
-    coordinator's background nursery or, if they fall `UPLOAD_LAG_CHUNKS` behind, are dropped.
-    """
-
-    def __init__(
-        self,
-        owner: Coordinator,
-        nodes: Sequence[str],
-        needed: int,
-        when_done: Callable[[], None],
-    ) -> None:
-        self._owner = owner
-        self._needed = needed
-        self._sent = 0
-        self.acked = dict.fromkeys(nodes, 0)
-        self._alive = set(nodes)
-        self._queues: dict[str, trio.MemorySendChannel[tuple[bytes, bytes]]] = {}
-        self._changed = trio.Event()
-        self._started = False
-        # Called once, when closed and every replica's writer has ended: no chunk of this
-        # upload is held any more.
-        self._when_done: Callable[[], None] | None = when_done
-        self._closed = False
-        self._writers = 0
-
-    def _start(self) -> None:
-        self._started = True
-        for node in self.acked:
-            send, receive = trio.open_memory_channel[tuple[bytes, bytes]](UPLOAD_LAG_CHUNKS)
-            self._queues[node] = send
-            self._writers += 1
-            self._owner.background.start_soon(self._store, node, receive)
-
-    async def _store(
-        self, node: str, receive: trio.MemoryReceiveChannel[tuple[bytes, bytes]]
-    ) -> None:
-        try:
-            async with receive:
-                async for digest, chunk in receive:
-                    try:
-                        with trio.fail_after(CHUNK_CALL_TIMEOUT_S):
-                            await self._owner._clients(node).write_chunk(chunk, digest, hashed=True)
-                    except (RingstoreError, trio.TooSlowError) as exc:
-                        log.warning("chunk %s to %s failed: %s", digest.hex()[:12], node, exc)
-                        self._drop(node)
-                        return
-                    self.acked[node] += 1
-                    self._notify()
-        finally:
-            self._writers -= 1
-            self._maybe_done()
-
-    def _maybe_done(self) -> None:
-        if self._closed and self._writers == 0 and self._when_done is not None:
-            when_done, self._when_done = self._when_done, None
-            when_done()
-
-    def _drop(self, node: str) -> None:
-        self._alive.discard(node)
-        self._queues[node].close()
-        self._notify()
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def send(self, chunk: bytes) -> bytes:
-        if not self._started:
-            self._start()
-        digest = chunk_hash(chunk)
-        index = self._sent
-        self._sent += 1
-        for node in sorted(self._alive):
-            try:
-                self._queues[node].send_nowait((digest, chunk))
-            except trio.WouldBlock:
-                log.info("replica %s fell behind an upload; it catches up later", node)
-                self._drop(node)
-        while True:
-            holding = sum(1 for node in self._alive if self.acked[node] > index)
-            if self._alive and holding >= min(self._needed, len(self._alive)):
-                return digest
-            if not self._alive:
-                raise QuorumError("w", 0, 1, "no replica could store the value's chunks")
-            await self._changed.wait()
-
-    async def finish(self) -> list[str]:
-        """The replicas holding every chunk, once at least one does (or none can)."""
-        while True:
-            ready = [n for n in self.acked if n in self._alive and self.acked[n] == self._sent]
-            if ready or not self._alive:
-                break
-            await self._changed.wait()
-        if not ready:
-            raise QuorumError("w", 0, 1, "no replica could store the value's chunks")
-        return ready
-
-    def close(self) -> None:
-        for queue in self._queues.values():
-            queue.close()
-        self._closed = True
-        self._maybe_done()
 
 
 def _options(props: BucketProps, query: Mapping[str, str], op: Operation) -> RequestOptions:
