@@ -23,9 +23,9 @@ import trio
 from ringstore.coord.api import BodyCheck, GetResult, NodeInfo, PutResult, WriteMeta
 from ringstore.coord.bucket_props import PropsStore
 from ringstore.coord.fanout import Outcome, fan_out
-from ringstore.coord.replica import Chunk, LocalReplica, ReplicaClient
+from ringstore.coord.replica import CHUNK_CALL_TIMEOUT_S, Chunk, LocalReplica, ReplicaClient
 from ringstore.coord.stats import CoordinatorStats
-from ringstore.coord.uploads import CHUNK_CALL_TIMEOUT_S, ChunkFanOut
+from ringstore.coord.uploads import ChunkFanOut
 from ringstore.core import versions
 from ringstore.core.chunking import Chunker
 from ringstore.core.hashing import chunk_hash

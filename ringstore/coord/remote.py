@@ -11,7 +11,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from ringstore.coord.replica import Chunk, LocalReplica, OnMerged, OnRecord
+from ringstore.coord.replica import (
+    CHUNK_CALL_TIMEOUT_S,
+    Chunk,
+    LocalReplica,
+    OnMerged,
+    OnRecord,
+)
 from ringstore.core.hashing import is_chunk_hash
 from ringstore.core.versions import (
     Content,
@@ -35,9 +41,8 @@ Call = Callable[[str, str, Body, float], Awaitable[Body]]
 # PeerService.start_call: (peer, method, body, *, timeout_s, on_reply) -> started?
 StartCall = Callable[..., bool]
 
-# Per-call timeouts: a record is small and quick; a chunk is up to 16 MiB through a disk.
+# Per-call timeouts: a record is small and quick (a chunk: replica.CHUNK_CALL_TIMEOUT_S).
 RECORD_CALL_TIMEOUT_S = 10.0
-CHUNK_CALL_TIMEOUT_S = 30.0
 LIST_CALL_TIMEOUT_S = 120.0  # a full scan of one node's share of a bucket
 
 

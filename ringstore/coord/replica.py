@@ -24,6 +24,8 @@ OnMerged = Callable[[Exception | None], None]
 # A chunk sent along with a version, (hash, bytes), for a replica that may lack it: the hash
 # computed (or checked) by the sender from these very bytes. A remote replica verifies it.
 Chunk = tuple[bytes, bytes]
+# One chunk (up to 16 MiB) to or from one replica, through its disk: a call's bound.
+CHUNK_CALL_TIMEOUT_S = 30.0
 
 
 class ReplicaClient(Protocol):

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from ringstore.coord.replica import ReplicaClient
+from ringstore.coord.replica import CHUNK_CALL_TIMEOUT_S, ReplicaClient
 from ringstore.core.hashing import chunk_hash
 from ringstore.errors import QuorumError, RingstoreError
 
@@ -17,7 +17,6 @@ log = logging.getLogger(__name__)
 # stops receiving the upload (so a slow disk or link never slows the put or grows memory)
 # and gets the chunks it lacks when the new version reaches it.
 UPLOAD_LAG_CHUNKS = 2
-CHUNK_CALL_TIMEOUT_S = 30.0  # one chunk (<= 16 MiB) to one replica, even on a slow disk
 
 
 class ChunkFanOut:
