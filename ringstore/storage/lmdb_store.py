@@ -1,29 +1,8 @@
 """The production storage engine: LMDB metadata and content-addressed chunk files, verified on read.
 
-Layout
-======
-One LMDB environment at `<path>/meta.lmdb` (sync=True: a commit returns once durable).
-Integers are big-endian. `okey` = engine.object_key(bucket, key) = len(bucket) (1) + bucket
-+ key; `part` = core.hashing.partition_of(bucket, key, ring_size) (2); `seg` =
-engine.segment_of(bucket, key) (2).
-
-  objects   part + okey                 -> CBOR [record: bytes, chunks: [hash (32), ...]]
-  chunks    hash (32, BLAKE3-256)       -> CBOR [size: int, refcount: int,
-                                                 last_change: float (wall-clock s), present: bool]
-            refcount counts the records naming the chunk; last_change is when it last changed
-            or the chunk was last written (the sweeper's grace runs from it); present is false
-            once the file was quarantined (the row stays while records still name it).
-  aae       part + seg                  -> 32 bytes: XOR of engine.record_digest over the
-                                           segment's records (no row for an empty segment)
-  aae_keys  part + seg + okey           -> b"" (which keys a segment holds, for
-                                           segment_records without a partition scan)
-  meta      UTF-8 name                  -> value bytes (get_meta / put_meta)
-            b"\xffformat"               -> CBOR {"version": 1, "ring_size": int}; 0xff never
-                                           starts UTF-8, so no meta name collides with it
-            b"\xffclean"                -> b"": present only while the engine is closed and
-                                           every chunk file has its row (see Recovery)
-
-Files under `<path>`:
+The metadata's databases, keys and values are `lmdb_layout`'s Layout; the chunk files are
+chunk_files.py's. Files under `<path>`:
+  meta.lmdb                    the LMDB environment (lmdb_layout)
   chunks/, tmp/, quarantine/   the chunk files, uploads and bad files (chunk_files.py's Layout)
   lock                         flock()ed while an engine has the directory open
 
@@ -40,15 +19,15 @@ file without a present row one (refcount unchanged, or 0 for a new row), restart
 so the sweeper deletes it unless a record names it. Only a start after a crash pays for the walk.
 
 Concurrency: one committer task applies every queued write in one write transaction (group
-commit), each operation under its own savepoint (a nested transaction), in one worker-thread
-call. Scans, chunk files and commits (every fsync) run on worker threads under capacity
-limiters. Point lookups (`get_record`, `get_meta`, `missing_chunks`) run on the calling thread,
-the event loop: one is a few B-tree pages of a memory map, microseconds from the page cache,
-where a worker-thread hop costs tens of microseconds of CPU and, on a busy loop, can wait up
-to the GIL's 5 ms switch interval to get back (bench/RESULTS.md, issue 6's profile: hops were
-a fifth of a node's CPU). The price is a page fault on a cold page, one disk read, while the
-loop waits. Per-chunk locks order the file operations on one hash (publish, quarantine,
-delete) against each other.
+commit, `group_commit`), each operation under its own savepoint (a nested transaction), in one
+worker-thread call. Scans, chunk files and commits (every fsync) run on worker threads under
+capacity limiters. Point lookups (`get_record`, `get_meta`, `missing_chunks`) run on the
+calling thread, the event loop: one is a few B-tree pages of a memory map, microseconds from
+the page cache, where a worker-thread hop costs tens of microseconds of CPU and, on a busy
+loop, can wait up to the GIL's 5 ms switch interval to get back (bench/RESULTS.md, issue 6's
+profile: hops were a fifth of a node's CPU). The price is a page fault on a cold page, one disk
+read, while the loop waits. Per-chunk locks order the file operations on one hash (publish,
+quarantine, delete) against each other.
 """
 
 from __future__ import annotations
@@ -57,26 +36,21 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import cbor2
 import lmdb
 import trio
 
-from ringstore.core.hashing import partition_of
 from ringstore.errors import (
     ChunkCorrupt,
     ChunkMissing,
     ChunkTooLarge,
     LocalError,
-    MissingChunks,
     StorageClosed,
-    StorageFull,
 )
 from ringstore.storage.chunk_files import CORRUPT, OK, VANISHED, ChunkFiles, Upload
 from ringstore.storage.engine import (
@@ -84,7 +58,6 @@ from ringstore.storage.engine import (
     DEFAULT_INLINE_MAX_BYTES,
     DEFAULT_RING_SIZE,
     DELETE,
-    SEGMENT_HASH_BYTES,
     EngineStats,
     RecordWrite,
     StoredRecord,
@@ -98,10 +71,16 @@ from ringstore.storage.engine import (
     check_record_write,
     check_segment,
     check_update,
-    object_key,
-    placement,
-    record_digest,
-    xor_digests,
+)
+from ringstore.storage.group_commit import GroupCommit, WriteOp, on_worker_thread
+from ringstore.storage.lmdb_layout import (
+    CLEAN_KEY,
+    MAX_DBS,
+    ChunkRow,
+    Tables,
+    Writer,
+    commit_batch,
+    commit_error,
 )
 
 log = logging.getLogger(__name__)
@@ -115,117 +94,10 @@ UPLOAD_BUFFER_BYTES = 64 * 1024  # small streamed pieces are gathered: one threa
 # event loop holds still for at most this many B-tree descents.
 INLINE_LOOKUP_MAX_KEYS = 64
 ROW_PAGE = 1024  # chunk rows read per read transaction by sweep and scrub
-MAX_DBS = 8  # five named databases in use, room for more
-FORMAT_VERSION = 1
-FORMAT_KEY = b"\xffformat"
-CLEAN_KEY = b"\xffclean"
-ADOPT_BATCH_ROWS = 4096  # rows per transaction when adopting files: bounds its dirty pages
-ZERO_SEGMENT = bytes(SEGMENT_HASH_BYTES)
 
 _NEW, _RUNNING, _CLOSED = "new", "running", "closed"
 # What a look at one chunk found (`_look_at_chunk`): a chunk_files status, or no present row.
 _ABSENT = "absent"
-
-
-@dataclass(frozen=True, slots=True)
-class _ChunkRow:
-    size: int
-    refcount: int
-    last_change: float
-    present: bool
-
-    def encode(self) -> bytes:
-        return cbor2.dumps([self.size, self.refcount, self.last_change, self.present])
-
-    @classmethod
-    def decode(cls, raw: bytes) -> _ChunkRow:
-        size, refcount, last_change, present = cbor2.loads(raw)
-        return cls(size, refcount, last_change, present)
-
-
-@dataclass(frozen=True, slots=True)
-class _Dbs:
-    objects: Any
-    chunks: Any
-    aae: Any
-    aae_keys: Any
-    meta: Any
-
-
-class _WriteOp:
-    """One queued write: `apply` runs on the writer thread; the caller waits on `done`."""
-
-    __slots__ = ("apply", "done", "result", "error", "abandoned")
-
-    def __init__(self, apply: Callable[[_Writer], Any]) -> None:
-        self.apply = apply
-        self.done = trio.Event()
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.abandoned = False
-
-    def finish(self, result: Any, error: BaseException | None) -> None:
-        self.result, self.error = result, error
-        self.done.set()
-
-
-class _Writer:
-    """One operation's access to the batch transaction, through its own savepoint.
-
-    It also counts what the operation changed, which `statistics` adds in once committed.
-    """
-
-    __slots__ = ("txn", "dbs", "now", "objects", "chunks", "chunk_bytes")
-
-    def __init__(self, txn: lmdb.Transaction, dbs: _Dbs, now: float) -> None:
-        self.txn = txn
-        self.dbs = dbs
-        self.now = now
-        self.objects = 0
-        self.chunks = 0
-        self.chunk_bytes = 0
-
-    def chunk_row(self, chunk: bytes) -> _ChunkRow | None:
-        raw = self.txn.get(chunk, db=self.dbs.chunks)
-        return None if raw is None else _ChunkRow.decode(raw)
-
-    def put_chunk_row(self, chunk: bytes, row: _ChunkRow) -> None:
-        self.txn.put(chunk, row.encode(), db=self.dbs.chunks)
-
-    def toggle_segment(self, segment_key: bytes, digest: bytes) -> None:
-        """XOR one record's digest into (or, the same call again, out of) its segment hash."""
-        old = self.txn.get(segment_key, db=self.dbs.aae) or ZERO_SEGMENT
-        new = xor_digests(old, digest)
-        if new == ZERO_SEGMENT:
-            self.txn.delete(segment_key, db=self.dbs.aae)
-        else:
-            self.txn.put(segment_key, new, db=self.dbs.aae)
-
-
-def _prefix(partition: int) -> bytes:
-    return partition.to_bytes(2, "big")
-
-
-def _segment_key(partition: int, segment: int) -> bytes:
-    return _prefix(partition) + segment.to_bytes(2, "big")
-
-
-def _encode_record(write: RecordWrite) -> bytes:
-    return cbor2.dumps([write.record, list(write.chunks)])
-
-
-def _decode_record(okey: bytes, raw: bytes) -> StoredRecord:
-    bucket_end = 1 + okey[0]
-    record, chunks = cbor2.loads(raw)
-    return StoredRecord(okey[1:bucket_end], okey[bucket_end:], record, tuple(chunks))
-
-
-def _prefix_successor(prefix: bytes) -> bytes | None:
-    """The smallest key greater than every key that starts with `prefix` (None: no such key)."""
-    stripped = prefix.rstrip(b"\xff")
-    if not stripped:
-        return None
-    return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
 def _write_and_finish(upload: Upload, data: bytes | bytearray | memoryview) -> bytes | None:
@@ -233,35 +105,6 @@ def _write_and_finish(upload: Upload, data: bytes | bytearray | memoryview) -> b
     worker-thread call)."""
     upload.write(data)
     return upload.finish()
-
-
-async def _on_worker_thread(fn: Callable[..., Any], *args: Any) -> Any:
-    """`fn(*args)` on one of Trio's cached worker threads, waited for without cancellation.
-
-    `trio.to_thread.run_sync` without its per-call extras: a capacity limiter, a context copy
-    and a thread name set and reset through ctypes, which made each hop twice as costly
-    (about 120 against 60 microseconds of CPU here, once per group commit and chunk file).
-    Like `run_sync` by default, a cancelled caller still waits for `fn`: a commit or a file
-    operation is never left running behind the engine's back.
-    """
-    task = trio.lowlevel.current_task()
-    token = trio.lowlevel.current_trio_token()
-
-    def deliver(result: Any) -> None:  # an outcome.Outcome
-        token.run_sync_soon(trio.lowlevel.reschedule, task, result)
-
-    trio.lowlevel.start_thread_soon(partial(fn, *args), deliver)
-    return await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
-
-
-def _commit_error(exc: BaseException) -> LocalError:
-    """A fresh error per waiting operation (one exception object must not be raised twice)."""
-    if isinstance(exc, lmdb.MapFullError):
-        error: LocalError = StorageFull(f"the metadata store is full (map_size): {exc}")
-    else:
-        error = LocalError(f"metadata commit failed: {exc!r}")
-    error.__cause__ = exc
-    return error
 
 
 class LmdbStore:
@@ -305,16 +148,22 @@ class LmdbStore:
         self.chunk_size = chunk_size
         self.map_size = map_size
         self._wall_clock = wall_clock
-        self.max_batch_ops = max_batch_ops
         self._files = ChunkFiles(self.path)
         self._state = _NEW
         self._run_scope = trio.CancelScope()
         self._closed = trio.Event()
         self._lock_fd = -1
         self._env: lmdb.Environment | None = None
-        self._dbs: _Dbs | None = None
+        self._tables: Tables | None = None
         self._page_size = 0
-        self._write_send: trio.MemorySendChannel[_WriteOp] | None = None
+        self._group = GroupCommit(
+            str(self.path),
+            self._commit_batch,
+            committed=self._committed,
+            failed=commit_error,
+            max_batch_ops=max_batch_ops,
+            queue_ops=WRITE_QUEUE_OPS,
+        )
         self._read_limiter: trio.CapacityLimiter | None = None
         self._file_limiter: trio.CapacityLimiter | None = None
         self._threads_busy = 0
@@ -340,11 +189,9 @@ class LmdbStore:
         self._state = _CLOSED  # until open succeeds, every call is refused
         self._read_limiter = trio.CapacityLimiter(READ_THREADS)
         self._file_limiter = trio.CapacityLimiter(FILE_THREADS)
-        send, receive = trio.open_memory_channel[_WriteOp](WRITE_QUEUE_OPS)
         try:
             with self._run_scope:
                 await trio.to_thread.run_sync(self._open)
-                self._write_send = send
                 self._state = _RUNNING
                 log.info(
                     "storage %s open: %d objects, %d chunks (%d bytes)",
@@ -354,12 +201,12 @@ class LmdbStore:
                     self._chunk_bytes,
                 )
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._commit_loop, receive)
+                    nursery.start_soon(self._group.run)
                     task_status.started()
         finally:
             self._state = _CLOSED
             with trio.CancelScope(shield=True):
-                await self._shut_down(send, receive)
+                await self._shut_down()
             self._closed.set()
             log.info("storage %s closed", self.path)
 
@@ -393,17 +240,12 @@ class LmdbStore:
         except lmdb.Error as exc:
             raise LocalError(f"storage {self.path} cannot be opened: {exc}") from exc
         try:
-            dbs = _Dbs(
-                *(
-                    env.open_db(name)
-                    for name in (b"objects", b"chunks", b"aae", b"aae_keys", b"meta")
-                )
-            )
+            tables = Tables.open(env, self.ring_size)
             with env.begin(write=True) as txn:
-                self._check_format(txn, dbs.meta)
-                clean = txn.pop(CLEAN_KEY, db=dbs.meta) is not None
+                tables.check_format(txn, self.path)
+                clean = txn.pop(CLEAN_KEY, db=tables.meta) is not None
             if not clean:
-                adopted = self._adopt_files(env, dbs)
+                adopted = tables.adopt_files(env, self._files.walk(), float(self._wall_clock()))
                 if adopted:
                     log.warning(
                         "storage %s: %d chunk files without a row after an unclean stop; "
@@ -412,71 +254,20 @@ class LmdbStore:
                         adopted,
                     )
             with env.begin() as txn:
-                self._objects = txn.stat(dbs.objects)["entries"]
-                for _, raw in txn.cursor(db=dbs.chunks):
-                    row = _ChunkRow.decode(raw)
-                    if row.present:
-                        self._chunks += 1
-                        self._chunk_bytes += row.size
+                self._objects, self._chunks, self._chunk_bytes = tables.chunk_totals(txn)
         except BaseException:
             env.close()
             raise
-        self._env, self._dbs = env, dbs
+        self._env, self._tables = env, tables
         self._page_size = env.stat()["psize"]
-        self._metadata_bytes = (env.info()["last_pgno"] + 1) * self._page_size
+        self._metadata_bytes = self._metadata_size()
 
-    def _adopt_files(self, env: lmdb.Environment, dbs: _Dbs) -> int:
-        """Give every chunk file without a present row one; return how many (see Recovery)."""
-        now = float(self._wall_clock())
-        adopted = 0
-        txn = env.begin(write=True)
-        try:
-            for chunk, size in self._files.walk():
-                raw = txn.get(chunk, db=dbs.chunks)
-                row = _ChunkRow(size, 0, now, False) if raw is None else _ChunkRow.decode(raw)
-                if row.present:
-                    continue
-                txn.put(
-                    chunk,
-                    replace(row, size=size, last_change=now, present=True).encode(),
-                    db=dbs.chunks,
-                )
-                adopted += 1
-                if adopted % ADOPT_BATCH_ROWS == 0:
-                    txn.commit()
-                    txn = env.begin(write=True)
-            txn.commit()
-        except BaseException:
-            txn.abort()
-            raise
-        return adopted
+    def _metadata_size(self) -> int:
+        assert self._env is not None
+        return (self._env.info()["last_pgno"] + 1) * self._page_size
 
-    def _check_format(self, txn: lmdb.Transaction, meta_db: Any) -> None:
-        raw = txn.get(FORMAT_KEY, db=meta_db)
-        if raw is None:
-            fmt = {"version": FORMAT_VERSION, "ring_size": self.ring_size}
-            txn.put(FORMAT_KEY, cbor2.dumps(fmt), db=meta_db)
-            return
-        fmt = cbor2.loads(raw)
-        if fmt.get("version") != FORMAT_VERSION:
-            raise LocalError(f"{self.path}: storage format {fmt.get('version')!r} is unknown")
-        if fmt.get("ring_size") != self.ring_size:
-            raise LocalError(
-                f"{self.path} holds a ring of {fmt.get('ring_size')} partitions; "
-                f"this engine was given ring_size={self.ring_size}"
-            )
-
-    async def _shut_down(
-        self, send: trio.MemorySendChannel[_WriteOp], receive: trio.MemoryReceiveChannel[_WriteOp]
-    ) -> None:
-        send.close()  # writers blocked on a full queue wake with ClosedResourceError
-        while True:
-            try:
-                op = receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
-            op.finish(None, StorageClosed("the storage engine closed before this write committed"))
-        receive.close()
+    async def _shut_down(self) -> None:
+        self._group.close()
         while self._threads_busy:
             self._threads_idle = trio.Event()
             await self._threads_idle.wait()
@@ -487,11 +278,11 @@ class LmdbStore:
             self._lock_fd = -1
 
     def _close_env(self, clean: bool) -> None:
-        assert self._env is not None and self._dbs is not None
+        assert self._env is not None and self._tables is not None
         try:
             if clean:
                 with self._env.begin(write=True) as txn:
-                    txn.put(CLEAN_KEY, b"", db=self._dbs.meta)
+                    txn.put(CLEAN_KEY, b"", db=self._tables.meta)
         except lmdb.Error:
             log.exception("storage %s: cannot record a clean stop", self.path)
         finally:
@@ -515,18 +306,19 @@ class LmdbStore:
         try:
             assert limiter is not None  # set by run(), before any call can be made
             async with limiter:
-                return await _on_worker_thread(fn, *args)
+                return await on_worker_thread(fn, *args)
         finally:
             self._threads_busy -= 1
             if not self._threads_busy and self._threads_idle is not None:
                 self._threads_idle.set()
 
     async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run `fn(txn, *args)` in a read transaction on a worker thread."""
+        """Run `fn(tables, txn, *args)` (a `Tables` read) in a read transaction on a worker
+        thread."""
         return await self._thread(self._read_limiter, self._in_read_txn, fn, *args)
 
     def _lookup(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run `fn(txn, *args)`, a point lookup, in a read transaction on this thread.
+        """Run `fn(tables, txn, *args)`, a point lookup, in a read transaction on this thread.
 
         Only for reads of a few pages (see Concurrency at the top); never for scans.
         """
@@ -536,107 +328,36 @@ class LmdbStore:
     def _in_read_txn(self, fn: Callable[..., Any], *args: Any) -> Any:
         assert self._env is not None
         with self._env.begin() as txn:
-            return fn(txn, *args)
+            return fn(self._tables, txn, *args)
 
     async def _file(self, fn: Callable[..., Any], *args: Any, check: bool = True) -> Any:
         return await self._thread(self._file_limiter, fn, *args, check=check)
 
     # -- group commit ----------------------------------------------------------------------
 
-    async def _submit(self, apply: Callable[[_Writer], Any]) -> Any:
-        """Queue a write; return its result once its batch is durable (or raise its error).
-
-        A caller cancelled while waiting does not learn the outcome: the write may commit.
-        """
-        (op,) = await self._enqueue(apply)
-        return await self._outcome(op)
-
-    async def _enqueue(self, *applies: Callable[[_Writer], Any]) -> list[_WriteOp]:
-        """Queue writes (`_outcome` waits for each), applied in this order. They are queued
-        back to back, so one commit takes them all unless the queue is full."""
+    async def _submit(self, apply: Callable[[Writer], Any]) -> Any:
+        """Queue a write; its result once its batch is durable (see GroupCommit.submit)."""
         self._check_running()
-        assert self._write_send is not None
-        await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller queues nothing
-        ops = [_WriteOp(apply) for apply in applies]
-        try:
-            for op in ops:
-                try:
-                    self._write_send.send_nowait(op)
-                except trio.WouldBlock:
-                    await self._write_send.send(op)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise StorageClosed(f"storage {self.path} closed") from None
-        return ops
+        return await self._group.submit(apply)
 
-    @staticmethod
-    async def _outcome(op: _WriteOp) -> Any:
-        try:
-            await op.done.wait()
-        except trio.Cancelled:
-            op.abandoned = True
-            raise
-        if op.error is not None:
-            raise op.error
-        return op.result
+    async def _enqueue(self, *applies: Callable[[Writer], Any]) -> list[WriteOp]:
+        self._check_running()
+        return await self._group.enqueue(*applies)
 
-    async def _commit_loop(self, receive: trio.MemoryReceiveChannel[_WriteOp]) -> None:
-        async for first in receive:
-            batch = [first]
-            while len(batch) < self.max_batch_ops:
-                try:
-                    batch.append(receive.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-            batch = [op for op in batch if not op.abandoned]
-            if batch:
-                await self._commit(batch)
+    def _commit_batch(self, batch: list[WriteOp]) -> None:
+        assert self._env is not None and self._tables is not None
+        commit_batch(self._env, self._tables, batch, float(self._wall_clock()))
 
-    async def _commit(self, batch: list[_WriteOp]) -> None:
-        now = float(self._wall_clock())
-        try:
-            # The committer is the only writer: no limiter needed to keep commits one at a time.
-            outcomes, metadata_bytes = await _on_worker_thread(self._commit_batch, batch, now)
-        except Exception as exc:
-            log.exception("storage %s: a commit of %d writes failed", self.path, len(batch))
-            for op in batch:
-                op.finish(None, _commit_error(exc))
-            return
+    def _committed(self, batch: list[WriteOp]) -> None:
         self._commits += 1
-        self._metadata_bytes = metadata_bytes
-        for op, result, error, writer in outcomes:
+        self._metadata_bytes = self._metadata_size()
+        for op in batch:
+            writer = op.changes
             if writer is not None:
                 self._operations_committed += 1
                 self._objects += writer.objects
                 self._chunks += writer.chunks
                 self._chunk_bytes += writer.chunk_bytes
-            op.finish(result, error)
-
-    def _commit_batch(
-        self, batch: list[_WriteOp], now: float
-    ) -> tuple[list[tuple[_WriteOp, Any, BaseException | None, _Writer | None]], int]:
-        """Apply every operation under its own savepoint, then commit them all at once."""
-        assert self._env is not None and self._dbs is not None
-        outcomes: list[tuple[_WriteOp, Any, BaseException | None, _Writer | None]] = []
-        txn = self._env.begin(write=True)
-        try:
-            for op in batch:
-                savepoint = self._env.begin(write=True, parent=txn)
-                writer = _Writer(savepoint, self._dbs, now)
-                try:
-                    result = op.apply(writer)
-                    savepoint.commit()
-                except Exception as exc:
-                    savepoint.abort()
-                    if isinstance(exc, lmdb.MapFullError):
-                        exc = _commit_error(exc)
-                    outcomes.append((op, None, exc, None))
-                else:
-                    outcomes.append((op, result, None, writer))
-            txn.commit()
-        except BaseException:
-            txn.abort()
-            raise
-        return outcomes, (self._env.info()["last_pgno"] + 1) * self._page_size
 
     # -- records ---------------------------------------------------------------------------
 
@@ -650,7 +371,7 @@ class LmdbStore:
         hashed: bool = False,
     ) -> StoredRecord | None:
         check_update(bucket, key, fn, chunks, hashed, self.chunk_size)
-        apply = partial(self._apply_update, bucket=bucket, key=key, fn=fn)
+        apply = partial(Writer.update, bucket=bucket, key=key, fn=fn)
         if not chunks:
             return await self._submit(apply)
         new = sorted(await self.missing_chunks(list(chunks)))
@@ -659,7 +380,7 @@ class LmdbStore:
                 await locks.enter_async_context(self._hash_lock(chunk))
             # Shielded for the reason given in write_chunk.
             with trio.CancelScope(shield=True):
-                registers: list[Callable[[_Writer], Any]] = []
+                registers: list[Callable[[Writer], Any]] = []
                 try:
                     for chunk in new:
                         registers.append(await self._place_file(chunks[chunk], chunk, hashed))
@@ -671,7 +392,7 @@ class LmdbStore:
                 # sees them and is durable only with them.
                 *rows, update = await self._enqueue(*registers, apply)
                 await self._rows_committed(rows)
-        return await self._outcome(update)
+        return await GroupCommit.outcome(update)
 
     async def put_record(
         self, bucket: bytes, key: bytes, record: bytes, chunks: Sequence[bytes]
@@ -679,68 +400,14 @@ class LmdbStore:
         check_name(bucket, key)
         write = check_record_write(RecordWrite(record, tuple(chunks)))
         await self._submit(
-            partial(self._apply_update, bucket=bucket, key=key, fn=lambda _current: write)
+            partial(Writer.update, bucket=bucket, key=key, fn=lambda _current: write)
         )
 
     async def delete_record(self, bucket: bytes, key: bytes) -> None:
         check_name(bucket, key)
         await self._submit(
-            partial(self._apply_update, bucket=bucket, key=key, fn=lambda _current: DELETE)
+            partial(Writer.update, bucket=bucket, key=key, fn=lambda _current: DELETE)
         )
-
-    def _apply_update(
-        self, writer: _Writer, *, bucket: bytes, key: bytes, fn: UpdateFn
-    ) -> StoredRecord | None:
-        partition, segment = placement(bucket, key, self.ring_size)
-        okey = object_key(bucket, key)
-        full_key = _prefix(partition) + okey
-        objects_db = writer.dbs.objects
-        raw = writer.txn.get(full_key, db=objects_db)
-        current = None if raw is None else _decode_record(okey, raw)
-        wanted = fn(current)
-        if wanted is None:
-            return current
-        segment_key = _segment_key(partition, segment)
-        if wanted is DELETE:
-            if current is not None:
-                self._release(writer, set(current.chunks))
-                writer.txn.delete(full_key, db=objects_db)
-                writer.txn.delete(segment_key + okey, db=writer.dbs.aae_keys)
-                writer.toggle_segment(segment_key, record_digest(bucket, key, current.record))
-                writer.objects -= 1
-            return None
-        wanted = check_record_write(wanted)
-        old_refs = set(current.chunks) if current is not None else set()
-        new_refs = set(wanted.chunks)
-        rows = {chunk: writer.chunk_row(chunk) for chunk in new_refs}
-        missing = {chunk for chunk, row in rows.items() if row is None or not row.present}
-        if missing:
-            raise MissingChunks(missing)
-        for chunk in new_refs - old_refs:
-            row = rows[chunk]
-            assert row is not None
-            writer.put_chunk_row(
-                chunk, replace(row, refcount=row.refcount + 1, last_change=writer.now)
-            )
-        self._release(writer, old_refs - new_refs)
-        writer.txn.put(full_key, _encode_record(wanted), db=objects_db)
-        if current is None:
-            writer.txn.put(segment_key + okey, b"", db=writer.dbs.aae_keys)
-            writer.objects += 1
-        else:
-            writer.toggle_segment(segment_key, record_digest(bucket, key, current.record))
-        writer.toggle_segment(segment_key, record_digest(bucket, key, wanted.record))
-        return StoredRecord(bucket, key, wanted.record, tuple(wanted.chunks))
-
-    @staticmethod
-    def _release(writer: _Writer, chunks: set[bytes]) -> None:
-        for chunk in chunks:
-            row = writer.chunk_row(chunk)
-            # A referenced chunk always has a row (rows are deleted only at refcount 0).
-            if row is not None:
-                writer.put_chunk_row(
-                    chunk, replace(row, refcount=row.refcount - 1, last_change=writer.now)
-                )
 
     async def get_record(self, bucket: bytes, key: bytes) -> StoredRecord | None:
         stored = self.lookup_record(bucket, key)
@@ -749,10 +416,7 @@ class LmdbStore:
 
     def lookup_record(self, bucket: bytes, key: bytes) -> StoredRecord | None:
         check_name(bucket, key)
-        okey = object_key(bucket, key)
-        full_key = _prefix(partition_of(bucket, key, self.ring_size)) + okey
-        raw = self._lookup(lambda txn: txn.get(full_key, db=self._dbs.objects))
-        return None if raw is None else _decode_record(okey, raw)
+        return self._lookup(Tables.record, bucket, key)
 
     async def scan_partition(
         self, partition: int, *, batch: int = 256
@@ -760,83 +424,26 @@ class LmdbStore:
         check_partition(partition, self.ring_size)
         if batch < 1:
             raise ValueError(f"batch must be positive: {batch}")
-        prefix = _prefix(partition)
-        start = prefix
+        after = None
         while True:
-            page = await self._read(self._scan_page, prefix, start, batch)
+            page, after = await self._read(Tables.scan_page, partition, after, batch)
             if not page:
                 return
-            yield [record for _, record in page]
+            yield page
             if len(page) < batch:
                 return
-            start = page[-1][0] + b"\0"  # the smallest key after the last one seen
-
-    def _scan_page(
-        self, txn: lmdb.Transaction, prefix: bytes, start: bytes, limit: int
-    ) -> list[tuple[bytes, StoredRecord]]:
-        cursor = txn.cursor(db=self._dbs.objects)
-        page: list[tuple[bytes, StoredRecord]] = []
-        found = cursor.set_range(start)
-        while found and len(page) < limit:
-            full_key = cursor.key()
-            if not full_key.startswith(prefix):
-                break
-            page.append((full_key, _decode_record(full_key[2:], cursor.value())))
-            found = cursor.next()
-        return page
 
     async def segment_hashes(self, partition: int) -> dict[int, bytes]:
         check_partition(partition, self.ring_size)
-        return await self._read(self._segment_hashes, _prefix(partition))
-
-    def _segment_hashes(self, txn: lmdb.Transaction, prefix: bytes) -> dict[int, bytes]:
-        hashes: dict[int, bytes] = {}
-        for segment_key, digest in self._prefixed(txn, self._dbs.aae, prefix):
-            hashes[int.from_bytes(segment_key[2:4], "big")] = digest
-        return hashes
+        return await self._read(Tables.segment_hashes, partition)
 
     async def segment_records(self, partition: int, segment: int) -> list[StoredRecord]:
         check_partition(partition, self.ring_size)
         check_segment(segment)
-        return await self._read(self._segment_records, partition, segment)
-
-    def _segment_records(
-        self, txn: lmdb.Transaction, partition: int, segment: int
-    ) -> list[StoredRecord]:
-        prefix = _prefix(partition)
-        records: list[StoredRecord] = []
-        for index_key, _ in self._prefixed(
-            txn, self._dbs.aae_keys, _segment_key(partition, segment)
-        ):
-            okey = index_key[4:]
-            records.append(_decode_record(okey, txn.get(prefix + okey, db=self._dbs.objects)))
-        return records
-
-    @staticmethod
-    def _prefixed(txn: lmdb.Transaction, db: Any, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        cursor = txn.cursor(db=db)
-        if not cursor.set_range(prefix):
-            return
-        for item_key, value in cursor:
-            if not item_key.startswith(prefix):
-                return
-            yield item_key, value
+        return await self._read(Tables.segment_records, partition, segment)
 
     async def list_buckets(self) -> list[bytes]:
-        return await self._read(self._list_buckets)
-
-    def _list_buckets(self, txn: lmdb.Transaction) -> list[bytes]:
-        """Every bucket, visiting one key per (partition, bucket) by skipping past the rest."""
-        buckets: set[bytes] = set()
-        cursor = txn.cursor(db=self._dbs.objects)
-        found = cursor.first()
-        while found:
-            full_key = cursor.key()
-            bucket_end = 3 + full_key[2]
-            buckets.add(full_key[3:bucket_end])
-            successor = _prefix_successor(full_key[:bucket_end])
-            found = successor is not None and cursor.set_range(successor)
-        return sorted(buckets)
+        return await self._read(Tables.list_buckets)
 
     # -- chunks ----------------------------------------------------------------------------
 
@@ -900,9 +507,7 @@ class LmdbStore:
                 with trio.CancelScope(shield=True):
                     self._unsettled_files += 1
                     await self._file(self._files.publish, upload, digest)
-                    await self._submit(
-                        partial(self._apply_register, chunk=digest, size=upload.size)
-                    )
+                    await self._submit(partial(Writer.register, chunk=digest, size=upload.size))
                     self._unsettled_files -= 1
             return digest
         finally:
@@ -927,7 +532,7 @@ class LmdbStore:
 
     async def _place_file(
         self, data: bytes | bytearray | memoryview, expected: bytes, hashed: bool
-    ) -> Callable[[_Writer], None]:
+    ) -> Callable[[Writer], None]:
         """Put the chunk's file in place durably; return the write that registers its row.
 
         For a caller holding the chunk's lock, shielded, that then queues the row and waits
@@ -945,15 +550,15 @@ class LmdbStore:
         if digest != expected:
             self._unsettled_files -= 1
             raise ChunkCorrupt(expected, f"the bytes received hash to {digest.hex()}")
-        return partial(self._apply_register, chunk=expected, size=uploads[0].size)
+        return partial(Writer.register, chunk=expected, size=uploads[0].size)
 
-    async def _rows_committed(self, rows: list[_WriteOp]) -> None:
+    async def _rows_committed(self, rows: list[WriteOp]) -> None:
         """Wait for every row; raise the first failure. A row that failed to commit leaves
         its file unsettled: the next start adopts it."""
         failure: Exception | None = None
         for row in rows:
             try:
-                await self._outcome(row)
+                await GroupCommit.outcome(row)
             except Exception as exc:
                 failure = failure or exc
             else:
@@ -997,42 +602,15 @@ class LmdbStore:
         if buffer:
             await self._file(upload.write, buffer)
 
-    @staticmethod
-    def _apply_register(writer: _Writer, *, chunk: bytes, size: int) -> None:
-        row = writer.chunk_row(chunk)
-        if row is None:
-            row = _ChunkRow(size, 0, writer.now, False)
-        if not row.present:
-            writer.chunks += 1
-            writer.chunk_bytes += size
-        # Writing a chunk again restarts its grace: an upload may be about to name it.
-        writer.put_chunk_row(chunk, replace(row, size=size, last_change=writer.now, present=True))
-
-    @staticmethod
-    def _apply_mark_missing(writer: _Writer, *, chunk: bytes) -> None:
-        row = writer.chunk_row(chunk)
-        if row is not None and row.present:
-            writer.chunks -= 1
-            writer.chunk_bytes -= row.size
-            writer.put_chunk_row(chunk, replace(row, present=False))
-
     async def missing_chunks(self, hashes: Sequence[bytes]) -> frozenset[bytes]:
         wanted = list(hashes)
         for chunk in wanted:
             check_chunk_hash(chunk)
         if len(wanted) > INLINE_LOOKUP_MAX_KEYS:
-            return await self._read(self._missing, wanted)
-        missing = self._lookup(self._missing, wanted)
+            return await self._read(Tables.missing, wanted)
+        missing = self._lookup(Tables.missing, wanted)
         await trio.lowlevel.checkpoint()
         return missing
-
-    def _missing(self, txn: lmdb.Transaction, hashes: list[bytes]) -> frozenset[bytes]:
-        missing = set()
-        for chunk in hashes:
-            raw = txn.get(chunk, db=self._dbs.chunks)
-            if raw is None or not _ChunkRow.decode(raw).present:
-                missing.add(chunk)
-        return frozenset(missing)
 
     async def read_chunk(self, chunk_hash: bytes) -> bytes:
         """The chunk's bytes, verified against its hash on every read.
@@ -1051,10 +629,9 @@ class LmdbStore:
         raise ChunkMissing(chunk_hash)
 
     def _look_at_chunk(self, chunk: bytes) -> tuple[str, bytes | None]:
-        assert self._env is not None
+        assert self._env is not None and self._tables is not None
         with self._env.begin() as txn:
-            raw = txn.get(chunk, db=self._dbs.chunks)
-        row = None if raw is None else _ChunkRow.decode(raw)
+            row = self._tables.chunk_row(txn, chunk)
         if row is None or not row.present:
             return _ABSENT, None
         return self._files.read_verified(chunk, row.size)
@@ -1071,29 +648,20 @@ class LmdbStore:
                 return status, data
             if status == CORRUPT:
                 await self._file(self._files.quarantine, chunk)
-            await self._submit(partial(self._apply_mark_missing, chunk=chunk))
+            await self._submit(partial(Writer.mark_missing, chunk=chunk))
             self._corrupt_chunks_found += 1
             log.warning("storage %s: chunk %s is %s", self.path, chunk.hex(), status)
             return status, None
 
-    async def _chunk_rows(self) -> AsyncIterator[list[tuple[bytes, _ChunkRow]]]:
+    async def _chunk_rows(self) -> AsyncIterator[list[tuple[bytes, ChunkRow]]]:
         """Every chunk row, a page per read transaction."""
         start = b""
         while True:
-            page = await self._read(self._chunk_page, start)
+            page = await self._read(Tables.chunk_page, start, ROW_PAGE)
             if not page:
                 return
             yield page
             start = page[-1][0] + b"\0"
-
-    def _chunk_page(self, txn: lmdb.Transaction, start: bytes) -> list[tuple[bytes, _ChunkRow]]:
-        cursor = txn.cursor(db=self._dbs.chunks)
-        page: list[tuple[bytes, _ChunkRow]] = []
-        found = cursor.set_range(start)
-        while found and len(page) < ROW_PAGE:
-            page.append((cursor.key(), _ChunkRow.decode(cursor.value())))
-            found = cursor.next()
-        return page
 
     async def sweep(self, grace_s: float) -> int:
         """Delete chunks unreferenced for at least `grace_s` seconds; return how many.
@@ -1124,7 +692,7 @@ class LmdbStore:
                         self._unsettled_files += 1
                         try:
                             gone = await self._submit(
-                                partial(self._apply_sweep, chunks=list(locks), cutoff=cutoff)
+                                partial(Writer.sweep, chunks=list(locks), cutoff=cutoff)
                             )
                         except BaseException:
                             self._unsettled_files -= 1  # no row was deleted
@@ -1137,21 +705,6 @@ class LmdbStore:
                     lock.release()
                     self._forget_lock(chunk, lock)
         return deleted
-
-    @staticmethod
-    def _apply_sweep(writer: _Writer, *, chunks: list[bytes], cutoff: float) -> list[bytes]:
-        gone = []
-        for chunk in chunks:
-            row = writer.chunk_row(chunk)
-            # Checked again: a record may have named it, or an upload rewritten it, meanwhile.
-            if row is None or row.refcount or row.last_change > cutoff:
-                continue
-            writer.txn.delete(chunk, db=writer.dbs.chunks)
-            if row.present:
-                writer.chunks -= 1
-                writer.chunk_bytes -= row.size
-            gone.append(chunk)
-        return gone
 
     async def scrub(self, bytes_per_s: float) -> list[bytes]:
         """Re-verify every chunk, reading at most `bytes_per_s` on average.
@@ -1179,7 +732,7 @@ class LmdbStore:
 
     async def get_meta(self, name: str) -> bytes | None:
         stored_name = check_meta_name(name)
-        value = self._lookup(lambda txn: txn.get(stored_name, db=self._dbs.meta))
+        value = self._lookup(Tables.meta_value, stored_name)
         await trio.lowlevel.checkpoint()
         return value
 
@@ -1187,11 +740,7 @@ class LmdbStore:
         stored_name = check_meta_name(name)
         if not isinstance(value, bytes):
             raise TypeError("a meta value is bytes")
-
-        def apply(writer: _Writer) -> None:
-            writer.txn.put(stored_name, value, db=writer.dbs.meta)
-
-        await self._submit(apply)
+        await self._submit(partial(Writer.put_meta, stored_name=stored_name, value=value))
 
     def statistics(self) -> EngineStats:
         return EngineStats(

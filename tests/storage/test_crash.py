@@ -124,7 +124,7 @@ def chunk_files(directory: Path) -> set[bytes]:
 
 
 def chunk_rows(directory: Path) -> dict[bytes, list]:
-    """The `chunks` database as lmdb_store's Layout documents it: hash -> [size, refcount,
+    """The `chunks` database as lmdb_layout's Layout documents it: hash -> [size, refcount,
     last_change, present]. Read with the engine closed."""
     env = lmdb.open(str(directory / "meta.lmdb"), max_dbs=8, readonly=True, lock=False)
     try:
