@@ -126,3 +126,52 @@ def test_memory_is_reported_per_node_peak_and_split(tmp_path: Path) -> None:
     assert "| node1 peak RSS over the whole run (VmHWM) |" in text
     split = re.search(r"anonymous \+ file-backed MiB .*: node1 (\d+) \+ (\d+)", text)
     assert split is not None and int(split[1]) > 0
+
+
+def big_object_report(identical: bool, peaks: dict[str, float]) -> dict:
+    return {
+        "size_bytes": 2 * 1024**3,
+        "identical": identical,
+        "put": {"mb_per_s": 48.7},
+        "get": {"mb_per_s": 274.9},
+        "peak_rss_mib": {name: {"put": peak, "get": peak / 2} for name, peak in peaks.items()},
+    }
+
+
+def test_a_big_object_run_fills_its_target_rows(tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    write_matrix(reports, cluster_ops=40.0, ceiling_ops=100.0)
+    results = tmp_path / "RESULTS.md"
+    run_matrix(reports, results)
+    not_measured = "| RSS while one 2 GiB object is written and read back | - | - | not measured"
+    assert not_measured in results.read_text()
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps(big_object_report(True, {"node1": 50.0, "node2": 210.0})))
+    results.unlink()
+    run_matrix(reports, results, "--bigobject", str(big))
+    text = results.read_text()
+    assert not_measured not in text
+    assert (
+        "| node1 peak RSS while one 2 GiB object is written and read back (49 / 275 MB/s)"
+        " | 50.0 MiB | < 200 MiB | met |"
+    ) in text
+    assert "(49 / 275 MB/s) | 210.0 MiB | < 200 MiB | **missed** |" in text
+    big.write_text(json.dumps(big_object_report(False, {"node1": 50.0})))
+    run_matrix(reports, results, "--bigobject", str(big))
+    bad_bytes = "| the 2 GiB object read back | different bytes | identical | **missed** |"
+    assert bad_bytes in results.read_text()
+
+
+@pytest.mark.parametrize("content", [None, "{broken"])
+def test_an_unreadable_big_object_report_is_refused(tmp_path: Path, capsys, content) -> None:
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    write_matrix(reports, cluster_ops=40.0, ceiling_ops=100.0)
+    big = tmp_path / "big.json"
+    if content is not None:
+        big.write_text(content)
+    with pytest.raises(SystemExit):
+        run_matrix(reports, tmp_path / "RESULTS.md", "--bigobject", str(big))
+    assert f"--bigobject {big}" in capsys.readouterr().err
+    assert not (tmp_path / "RESULTS.md").exists()
