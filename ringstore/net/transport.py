@@ -5,7 +5,7 @@ A transport does two things: `serve(handler)` accepts connections and runs
 `connect(address)` opens one stream to an address or raises `errors.PeerUnavailable`.
 Addresses are opaque to the layers above: `(host, port)` for TCP, a node name for the
 in-memory network (`net/memnet.py`). Authentication of the peer's *name* is not the
-transport's job: the handshake in `core/wire.py` proves the cluster secret on every stream;
+transport's job: the handshake in `core/wire` proves the cluster secret on every stream;
 TLS adds encryption and certificate checks on top when configured.
 """
 

@@ -21,6 +21,7 @@ from ringstore.core.wire import (
     Reply,
     Request,
     Role,
+    _messages,
     encode_frame,
     encode_frame_parts,
 )
@@ -160,7 +161,7 @@ def test_send_parts_is_the_frame_in_pieces_a_large_value_uncopied() -> None:
     prefix, payload = client.send_parts(small)
     assert prefix == len(payload).to_bytes(LENGTH_PREFIX_BYTES, "big")
     # The stand-in for the large value appearing elsewhere in the message: encoded whole.
-    tricky = Request(11, "m", {"d": chunk, "e": wire._SPLICE_MARK})
+    tricky = Request(11, "m", {"d": chunk, "e": _messages._SPLICE_MARK})
     assert not any(part is chunk for part in client.send_parts(tricky))
     server.receive_data(client.send(tricky))
     assert server.next_event() == tricky
