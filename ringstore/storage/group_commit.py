@@ -1,28 +1,27 @@
 """Group commit: writes queued by many tasks, applied and made durable together by one
-committer, a batch per transaction, so that one fsync serves every write in the batch.
+committer, a batch at a time, so that one fsync serves every write in the batch.
 
 A writer queues an operation (`enqueue`, `submit`) and waits for its outcome; the committer
-task (`run`) takes what is queued, up to `max_batch_ops`, and hands the batch to the owner's
-`commit_batch` on a worker thread. That function applies each operation, recording its
-`result` or `error` (one failing operation does not fail its batch), and commits them all at
-once, raising only if the commit itself fails. After a commit `committed(batch)` runs on the
-loop before any writer wakes (the owner's statistics); a failed commit fails every operation
-of its batch with a fresh `failed(exc)`. The queue holds at most `queue_ops` operations:
-writers beyond that wait to enqueue, which bounds memory under overload.
+task (`run`) takes what is queued, up to `max_batch_ops`, and awaits the owner's
+`commit(batch)` (the LMDB engine's runs a transaction on a worker thread, the memory
+engine's applies the batch after a simulated fsync). That function applies each operation,
+recording its `result` or `error` (one failing operation does not fail its batch) and what
+it changed (`changes`), and makes them durable at once, raising only if that fails. After a
+commit `committed(batch)` runs before any writer wakes (the owner's statistics); a failed
+commit fails every operation of its batch with a fresh `failed(exc)`. The queue holds at
+most `queue_ops` operations: writers beyond that wait to enqueue, which bounds memory under
+overload. Both engines share this, so their writes wait, batch and fail alike.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
 import trio
 
 from ringstore.errors import StorageClosed
-
-log = logging.getLogger(__name__)
 
 
 async def on_worker_thread(fn: Callable[..., Any], *args: Any) -> Any:
@@ -45,8 +44,8 @@ async def on_worker_thread(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 class WriteOp:
-    """One queued write: `apply` runs on the committer's worker thread; the writer waits on
-    `done`. `changes` is what the owner counts once the write is committed (None if it failed)."""
+    """One queued write: the owner's commit runs `apply`; the writer waits on `done`.
+    `changes` is what the owner counts once the write is committed (None if it failed)."""
 
     __slots__ = ("apply", "done", "result", "error", "changes", "abandoned")
 
@@ -69,7 +68,7 @@ class GroupCommit:
     def __init__(
         self,
         name: str,
-        commit_batch: Callable[[list[WriteOp]], None],
+        commit: Callable[[list[WriteOp]], Awaitable[None]],
         *,
         committed: Callable[[list[WriteOp]], None],
         failed: Callable[[BaseException], Exception],
@@ -77,7 +76,7 @@ class GroupCommit:
         queue_ops: int,
     ) -> None:
         self.name = name
-        self._commit_batch = commit_batch
+        self._owner_commit = commit
         self._committed = committed
         self._failed = failed
         self.max_batch_ops = max_batch_ops
@@ -132,10 +131,8 @@ class GroupCommit:
 
     async def _commit(self, batch: list[WriteOp]) -> None:
         try:
-            # The committer is the only writer: no limiter needed to keep commits one at a time.
-            await on_worker_thread(self._commit_batch, batch)
+            await self._owner_commit(batch)
         except Exception as exc:
-            log.exception("storage %s: a commit of %d writes failed", self.name, len(batch))
             for op in batch:
                 op.finish(None, self._failed(exc))
             return
@@ -145,7 +142,7 @@ class GroupCommit:
 
     def close(self) -> None:
         """Refuse new writes and fail the queued ones; writers blocked on a full queue wake
-        with StorageClosed. A commit in progress is not interrupted (see on_worker_thread)."""
+        with StorageClosed. Call it once `run` has returned: a commit in progress finishes first."""
         self._send.close()
         while True:
             try:

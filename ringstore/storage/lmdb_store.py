@@ -158,7 +158,7 @@ class LmdbStore:
         self._page_size = 0
         self._group = GroupCommit(
             str(self.path),
-            self._commit_batch,
+            self._commit,
             committed=self._committed,
             failed=commit_error,
             max_batch_ops=max_batch_ops,
@@ -343,6 +343,14 @@ class LmdbStore:
     async def _enqueue(self, *applies: Callable[[Writer], Any]) -> list[WriteOp]:
         self._check_running()
         return await self._group.enqueue(*applies)
+
+    async def _commit(self, batch: list[WriteOp]) -> None:
+        try:
+            # The committer is the only writer: no limiter needed to keep commits one at a time.
+            await on_worker_thread(self._commit_batch, batch)
+        except Exception:
+            log.exception("storage %s: a commit of %d writes failed", self.path, len(batch))
+            raise
 
     def _commit_batch(self, batch: list[WriteOp]) -> None:
         assert self._env is not None and self._tables is not None

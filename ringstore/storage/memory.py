@@ -50,6 +50,7 @@ from ringstore.storage.engine import (
     segment_of,
     xor_digests,
 )
+from ringstore.storage.group_commit import GroupCommit, WriteOp
 
 WRITE_QUEUE_OPS = 1024  # as the LMDB engine: writers beyond this wait to enqueue
 CHUNK_ROW_BYTES = 48  # what `metadata_bytes` counts per chunk row (an LMDB row's rough size)
@@ -82,21 +83,6 @@ class _Disk:
     chunk_count: int = 0
     chunk_bytes: int = 0
     metadata_bytes: int = 0
-
-
-class _WriteOp:
-    __slots__ = ("apply", "done", "result", "error", "abandoned")
-
-    def __init__(self, apply: Callable[[float], Any]) -> None:
-        self.apply = apply
-        self.done = trio.Event()
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.abandoned = False
-
-    def finish(self, result: Any, error: BaseException | None) -> None:
-        self.result, self.error = result, error
-        self.done.set()
 
 
 def _record_size(okey: bytes, record: StoredRecord) -> int:
@@ -134,7 +120,14 @@ class MemoryStore:
         self._run_scope = trio.CancelScope()
         self._commit_scope: trio.CancelScope | None = None
         self._closed = trio.Event()
-        self._write_send: trio.MemorySendChannel[_WriteOp] | None = None
+        self._group = GroupCommit(
+            "in memory",
+            self._commit,
+            committed=self._committed,
+            failed=lambda _exc: StorageClosed("crashed before this write committed"),
+            max_batch_ops=WRITE_QUEUE_OPS,
+            queue_ops=WRITE_QUEUE_OPS,
+        )
         self._commits = 0
         self._operations_committed = 0
         self._corrupt_chunks_found = 0
@@ -144,23 +137,14 @@ class MemoryStore:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self._state != _NEW:
             raise RuntimeError("a MemoryStore runs once; use MemoryStore.recover to restart")
-        send, receive = trio.open_memory_channel[_WriteOp](WRITE_QUEUE_OPS)
-        self._write_send = send
         self._state = _RUNNING
         try:
             with self._run_scope:
                 task_status.started()
-                await self._commit_loop(receive)
+                await self._group.run()
         finally:
             self._state = _CLOSED
-            send.close()
-            while True:
-                try:
-                    op = receive.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                op.finish(None, StorageClosed("the storage engine closed before this write"))
-            receive.close()
+            self._group.close()
             self._closed.set()
 
     async def aclose(self) -> None:
@@ -204,57 +188,30 @@ class MemoryStore:
 
     async def _submit(self, apply: Callable[[float], Any]) -> Any:
         self._check_running()
-        assert self._write_send is not None
-        op = _WriteOp(apply)
-        try:
-            await self._write_send.send(op)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise StorageClosed("the memory storage engine closed") from None
-        try:
-            await op.done.wait()
-        except trio.Cancelled:
-            op.abandoned = True
-            raise
-        if op.error is not None:
-            raise op.error
-        return op.result
+        return await self._group.submit(apply)
 
-    async def _commit_loop(self, receive: trio.MemoryReceiveChannel[_WriteOp]) -> None:
-        async for first in receive:
-            batch = [first]
-            while True:
-                try:
-                    batch.append(receive.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-            batch = [op for op in batch if not op.abandoned]
-            if not batch:
-                continue
-            if self.commit_delay_s:
-                # Shielded so that aclose lets the commit finish; crash() cancels it.
-                with trio.CancelScope(shield=True) as self._commit_scope:
-                    await trio.sleep(self.commit_delay_s)
-                self._commit_scope = None
-            if self.crashed:
-                for op in batch:
-                    op.finish(None, StorageClosed("crashed before this write committed"))
-                return
-            self._commit(batch)
-
-    def _commit(self, batch: list[_WriteOp]) -> None:
-        """Apply the batch at once: each operation checks before it changes anything."""
+    async def _commit(self, batch: list[WriteOp]) -> None:
+        """Apply the batch at once (each operation checks before it changes anything), after
+        the simulated fsync; a crash during it loses the batch."""
+        if self.commit_delay_s:
+            # Shielded so that aclose lets the commit finish; crash() cancels it.
+            with trio.CancelScope(shield=True) as self._commit_scope:
+                await trio.sleep(self.commit_delay_s)
+            self._commit_scope = None
+        if self.crashed:
+            raise StorageClosed("crashed before this batch committed")
         now = float(self._wall_clock())
-        outcomes = []
         for op in batch:
             try:
-                outcomes.append((op, op.apply(now), None))
+                op.result = op.apply(now)
             except Exception as exc:
-                outcomes.append((op, None, exc))
+                op.error = exc
+            else:
+                op.changes = True
+
+    def _committed(self, batch: list[WriteOp]) -> None:
         self._commits += 1
-        for op, result, error in outcomes:
-            if error is None:
-                self._operations_committed += 1
-            op.finish(result, error)
+        self._operations_committed += sum(op.changes is not None for op in batch)
 
     # -- records ---------------------------------------------------------------------------
 
