@@ -16,31 +16,11 @@ overload. Both engines share this, so their writes wait, batch and fail alike.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any
 
 import trio
 
 from ringstore.errors import StorageClosed
-
-
-async def on_worker_thread(fn: Callable[..., Any], *args: Any) -> Any:
-    """`fn(*args)` on one of Trio's cached worker threads, waited for without cancellation.
-
-    `trio.to_thread.run_sync` without its per-call extras: a capacity limiter, a context copy
-    and a thread name set and reset through ctypes, which made each hop twice as costly
-    (about 120 against 60 microseconds of CPU here, once per group commit and chunk file).
-    Like `run_sync` by default, a cancelled caller still waits for `fn`: a commit or a file
-    operation is never left running behind the engine's back.
-    """
-    task = trio.lowlevel.current_task()
-    token = trio.lowlevel.current_trio_token()
-
-    def deliver(result: Any) -> None:  # an outcome.Outcome
-        token.run_sync_soon(trio.lowlevel.reschedule, task, result)
-
-    trio.lowlevel.start_thread_soon(partial(fn, *args), deliver)
-    return await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
 
 
 class WriteOp:

@@ -72,7 +72,7 @@ from ringstore.storage.engine import (
     check_segment,
     check_update,
 )
-from ringstore.storage.group_commit import GroupCommit, WriteOp, on_worker_thread
+from ringstore.storage.group_commit import GroupCommit, WriteOp
 from ringstore.storage.lmdb_layout import (
     CLEAN_KEY,
     MAX_DBS,
@@ -105,6 +105,25 @@ def _write_and_finish(upload: Upload, data: bytes | bytearray | memoryview) -> b
     worker-thread call)."""
     upload.write(data)
     return upload.finish()
+
+
+async def _on_worker_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` on one of Trio's cached worker threads, waited for without cancellation.
+
+    `trio.to_thread.run_sync` without its per-call extras: a capacity limiter, a context copy
+    and a thread name set and reset through ctypes, which made each hop twice as costly
+    (about 120 against 60 microseconds of CPU here, once per group commit and chunk file).
+    Like `run_sync` by default, a cancelled caller still waits for `fn`: a commit or a file
+    operation is never left running behind the engine's back.
+    """
+    task = trio.lowlevel.current_task()
+    token = trio.lowlevel.current_trio_token()
+
+    def deliver(result: Any) -> None:  # an outcome.Outcome
+        token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+    trio.lowlevel.start_thread_soon(partial(fn, *args), deliver)
+    return await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
 
 
 class LmdbStore:
@@ -306,7 +325,7 @@ class LmdbStore:
         try:
             assert limiter is not None  # set by run(), before any call can be made
             async with limiter:
-                return await on_worker_thread(fn, *args)
+                return await _on_worker_thread(fn, *args)
         finally:
             self._threads_busy -= 1
             if not self._threads_busy and self._threads_idle is not None:
@@ -347,7 +366,7 @@ class LmdbStore:
     async def _commit(self, batch: list[WriteOp]) -> None:
         try:
             # The committer is the only writer: no limiter needed to keep commits one at a time.
-            await on_worker_thread(self._commit_batch, batch)
+            await _on_worker_thread(self._commit_batch, batch)
         except Exception:
             log.exception("storage %s: a commit of %d writes failed", self.path, len(batch))
             raise

@@ -10,7 +10,7 @@ import trio
 
 from ringstore.core.hashing import chunk_hash
 from ringstore.errors import ChunkCorrupt, StorageClosed
-from ringstore.storage import group_commit, lmdb_store
+from ringstore.storage import lmdb_store
 from ringstore.storage.engine import RecordWrite
 from ringstore.storage.lmdb_layout import CLEAN_KEY
 from ringstore.storage.lmdb_store import INLINE_LOOKUP_MAX_KEYS, LmdbStore
@@ -19,19 +19,17 @@ lmdb_only = pytest.mark.parametrize("kind", ["lmdb"])  # the `engines` fixture's
 
 
 class ThreadCalls:
-    """Counts the engine's worker-thread calls (every one goes through on_worker_thread: the
-    engine's own and its group commit's)."""
+    """Counts the engine's worker-thread calls (every one goes through _on_worker_thread)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
-        real = group_commit.on_worker_thread
+        real = lmdb_store._on_worker_thread
 
         async def counted(fn, *args):
             self.count += 1
             return await real(fn, *args)
 
-        monkeypatch.setattr(lmdb_store, "on_worker_thread", counted)
-        monkeypatch.setattr(group_commit, "on_worker_thread", counted)
+        monkeypatch.setattr(lmdb_store, "_on_worker_thread", counted)
 
     def take(self) -> int:
         count, self.count = self.count, 0
@@ -153,10 +151,10 @@ async def test_an_update_bringing_its_chunk_takes_one_commit_and_stops_cleanly(
 
 async def test_worker_thread_calls_run_off_the_event_loop_and_return_or_raise():
     loop_thread = threading.get_ident()
-    assert await group_commit.on_worker_thread(threading.get_ident) != loop_thread
-    assert await group_commit.on_worker_thread(divmod, 7, 2) == (3, 1)
+    assert await lmdb_store._on_worker_thread(threading.get_ident) != loop_thread
+    assert await lmdb_store._on_worker_thread(divmod, 7, 2) == (3, 1)
     with pytest.raises(ZeroDivisionError):
-        await group_commit.on_worker_thread(divmod, 1, 0)
+        await lmdb_store._on_worker_thread(divmod, 1, 0)
 
 
 async def test_a_cancelled_caller_still_waits_for_its_worker_thread_call():
@@ -172,7 +170,7 @@ async def test_a_cancelled_caller_still_waits_for_its_worker_thread_call():
     with trio.CancelScope() as scope:
         scope.cancel()
         trio.lowlevel.current_trio_token().run_sync_soon(release.set)
-        assert await group_commit.on_worker_thread(slow) == "result"
+        assert await lmdb_store._on_worker_thread(slow) == "result"
         assert finished == ["done"]
         await trio.lowlevel.checkpoint()  # the cancellation arrives at the next checkpoint
     assert scope.cancelled_caught
